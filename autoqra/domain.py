@@ -1,0 +1,177 @@
+"""Frozen value types passed between the parts of autoqra.
+
+A :class:`Plan` is the per-layer assignment the whole product revolves around: for each group of
+linear layers (one transformer block, or one module) a storage format and a LoRA rank. Plans are
+hashable, round-trip through JSON, and carry a schema version (``PLAN_VERSION``); see
+``docs/plan-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autoqra.errors import PlanError
+
+PLAN_VERSION = 1
+
+FormatName = Literal["hqq", "nf4", "int8", "bf16", "fp16", "fp32"]
+
+#: bit-widths each backend can store (HQQ 5/6 bits are stored one code per byte, like 8 bits)
+FORMAT_BITS: dict[str, tuple[int, ...]] = {
+    "hqq": (1, 2, 3, 4, 5, 6, 8),
+    "nf4": (4,),
+    "int8": (8,),
+    "bf16": (16,),
+    "fp16": (16,),
+    "fp32": (32,),
+}
+#: default group size (HQQ) / block size (bitsandbytes NF4)
+DEFAULT_GROUP_SIZE = {"hqq": 64, "nf4": 64}
+QUANTIZED_FORMATS = frozenset({"hqq", "nf4", "int8"})
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class QuantFormat(BaseModel):
+    """How one linear layer's frozen weight is stored.
+
+    ``hqq``: HQQ affine quantization, ``bits`` in 1..8, scale and zero per ``group_size`` weights,
+    stored in the compute dtype. ``nf4``: bitsandbytes NF4 with ``group_size`` as its block size,
+    optionally double-quantized absmax. ``int8``: bitsandbytes LLM.int8 (row-wise scale).
+    ``bf16``/``fp16``/``fp32``: not quantized.
+    """
+
+    model_config = _FROZEN
+
+    name: FormatName
+    bits: int
+    group_size: int | None = None
+    double_quant: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            name = data.get("name")
+            if isinstance(name, str) and name in FORMAT_BITS:
+                if "bits" not in data and len(FORMAT_BITS[name]) == 1:
+                    data["bits"] = FORMAT_BITS[name][0]
+                if data.get("group_size") is None and name in DEFAULT_GROUP_SIZE:
+                    data["group_size"] = DEFAULT_GROUP_SIZE[name]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantFormat:
+        allowed = FORMAT_BITS[self.name]
+        if self.bits not in allowed:
+            raise ValueError(f"format {self.name} stores {allowed} bits, not {self.bits}")
+        if self.name in DEFAULT_GROUP_SIZE:
+            assert self.group_size is not None
+            if self.group_size < 8 or self.group_size % 8:
+                raise ValueError(f"group_size must be a positive multiple of 8, got {self.group_size}")
+        elif self.group_size is not None:
+            raise ValueError(f"format {self.name} takes no group_size")
+        if self.double_quant and self.name != "nf4":
+            raise ValueError("double_quant applies to nf4 only")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.name in QUANTIZED_FORMATS
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``hqq4-g64``, ``nf4-dq``, ``bf16``."""
+        if self.name == "hqq":
+            return f"hqq{self.bits}-g{self.group_size}"
+        if self.name == "nf4":
+            suffix = "-dq" if self.double_quant else ""
+            return f"nf4{suffix}" if self.group_size == 64 else f"nf4{suffix}-b{self.group_size}"
+        return self.name
+
+
+class PlanGroup(BaseModel):
+    """One group of linear layers sharing a format and a LoRA rank (0 = no adapter)."""
+
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1)
+    modules: tuple[str, ...] = Field(min_length=1)
+    format: QuantFormat
+    rank: int = Field(ge=0, le=4096)
+
+
+class Plan(BaseModel):
+    """The per-layer assignment: exact module names to (format, rank), versioned."""
+
+    model_config = _FROZEN
+
+    version: Literal[1] = PLAN_VERSION
+    model: str = Field(min_length=1)
+    granularity: Literal["block", "module"]
+    groups: tuple[PlanGroup, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_modules(self) -> Plan:
+        seen: set[str] = set()
+        names: set[str] = set()
+        for group in self.groups:
+            if group.name in names:
+                raise ValueError(f"group name {group.name!r} appears twice")
+            names.add(group.name)
+            for module in group.modules:
+                if module in seen:
+                    raise ValueError(f"module {module!r} is assigned twice")
+                seen.add(module)
+        return self
+
+    # --- JSON edge -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> Plan:
+        if isinstance(data, dict) and "version" in data and data["version"] != PLAN_VERSION:
+            raise PlanError(
+                f"{source}: plan schema version {data['version']!r} is not supported "
+                f"(this autoqra reads version {PLAN_VERSION})"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PlanError(f"{source}: {first_error(exc)}") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{source}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, source)
+
+    # --- queries ----------------------------------------------------------------------------
+    @property
+    def plan_hash(self) -> str:
+        """Stable content hash (16 hex digits) of the canonical JSON form."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def module_choices(self) -> dict[str, tuple[QuantFormat, int]]:
+        """Exact module name -> (format, rank)."""
+        return {m: (g.format, g.rank) for g in self.groups for m in g.modules}
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first pydantic error as one line: ``location: message``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value")).replace("Value error, ", "")
+    return f"{loc}: {msg}" if loc else msg

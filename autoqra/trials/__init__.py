@@ -1,0 +1,1 @@
+"""Trials: building a quantized-LoRA model from a plan (and, later, training and evaluating it)."""
