@@ -145,7 +145,7 @@ class Plan(BaseModel):
                 f"(this autoqra reads version {PLAN_VERSION})"
             )
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(lists_to_tuples(data))
         except ValidationError as exc:
             raise PlanError(f"{source}: {first_error(exc)}") from None
 
@@ -169,9 +169,43 @@ class Plan(BaseModel):
         return {m: (g.format, g.rank) for g in self.groups for m in g.modules}
 
 
+def lists_to_tuples(data: Any) -> Any:
+    """JSON/YAML lists as tuples, so strict frozen models accept them (they hold tuples)."""
+    if isinstance(data, list):
+        return tuple(lists_to_tuples(v) for v in data)
+    if isinstance(data, dict):
+        return {k: lists_to_tuples(v) for k, v in data.items()}
+    return data
+
+
 def first_error(exc: ValidationError) -> str:
     """The first pydantic error as one line: ``location: message``."""
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in err.get("loc", ()))
     msg = str(err.get("msg", "invalid value")).replace("Value error, ", "")
     return f"{loc}: {msg}" if loc else msg
+
+
+class Fidelity(BaseModel):
+    """How much training a trial gets: named levels (micro, low, high) live in the search space."""
+
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1)
+    steps: int = Field(ge=1, le=1_000_000)
+    batch_size: int = Field(ge=1, le=65_536)
+    seq_len: int = Field(ge=8, le=1_048_576)
+    eval_examples: int = Field(ge=1, le=1_000_000)
+
+
+BudgetKind = Literal["bytes", "bits", "qlora", "percent"]
+
+
+class Budget(BaseModel):
+    """A parsed budget string; ``autoqra.space.budget.resolve`` turns it into peak bytes."""
+
+    model_config = _FROZEN
+
+    text: str
+    kind: BudgetKind
+    value: float

@@ -1,0 +1,3 @@
+from autoqra.cli import main
+
+raise SystemExit(main())
