@@ -50,17 +50,22 @@ def _backend_tensors(module: nn.Module) -> list[torch.Tensor]:
 
     found: list[torch.Tensor] = []
     meta = getattr(module, "meta", None)
-    if isinstance(meta, dict):  # HQQLinear
+    if isinstance(meta, dict):  # HQQLinear: scales/zeros in meta, bias as a plain tensor attribute
         found += [v for v in meta.values() if isinstance(v, torch.Tensor)]
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            found.append(bias)
     weight = getattr(module, "weight", None)
     state = getattr(weight, "quant_state", None)
     while state is not None:  # bitsandbytes Params4bit (and its nested double-quant state)
         found += [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
         state = getattr(state, "state2", None)
-    for attr in ("SCB", "CB"):  # bitsandbytes Int8Params
-        value = getattr(weight, attr, None)
-        if isinstance(value, torch.Tensor):
-            found.append(value)
+    int8_state = getattr(module, "state", None)  # bitsandbytes Linear8bitLt moves SCB here on first forward
+    for holder in (weight, int8_state):
+        for attr in ("SCB", "CB"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, torch.Tensor):
+                found.append(value)
     return found
 
 
