@@ -74,7 +74,7 @@ def test_format_that_cannot_store_a_layer(tmp_path):
     data = base()
     data["choices"]["formats"] = [{"name": "hqq", "bits": 4, "group_size": 4096}]
     space = parse_space(yaml.safe_dump(data))
-    with pytest.raises(SpaceError, match="group size"):
+    with pytest.raises(SpaceError, match="HQQ packs 2 groups per byte"):
         space.check_model(model_spec(space.model))
 
 
