@@ -134,6 +134,11 @@ class MemoryModel:
         largest_dequant = 0
         for group in plan.groups:
             fmt, rank = group.format, group.rank
+            if not fmt.quantized and fmt.name != self.setup.compute_dtype:
+                raise PlanError(
+                    f"group {group.name}: unquantized format {fmt.name} differs from the compute dtype "
+                    f"{self.setup.compute_dtype}; layers kept in full precision use the compute dtype"
+                )
             for name in group.modules:
                 lin = self._by_name.get(name)
                 if lin is None:

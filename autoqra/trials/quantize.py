@@ -107,9 +107,11 @@ def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str
     for name, module in model.named_modules():
         if name in quantized_names or any(name.startswith(q + ".") for q in quantized_names):
             continue
-        for pname, param in list(module.named_parameters(recurse=False)):
+        for param in module.parameters(recurse=False):
             param.data = param.data.to(device=device, dtype=dtype)
             param.requires_grad_(False)
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            module._buffers[bname] = buf.to(device)  # keeps its dtype (rotary inv_freq stays fp32)
     formats = {fmt.name for fmt, _ in choices.values()}
     # PEFT dispatches to its bitsandbytes LoRA classes only when the model carries these flags.
     model.is_loaded_in_4bit = "nf4" in formats
