@@ -7,10 +7,10 @@ user can cause print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import NoReturn
 
 from autoqra.errors import AutoQRAError
 
@@ -75,7 +75,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoqra: interrupted", file=sys.stderr)
         return 130
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))

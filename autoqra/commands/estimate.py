@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autoqra.domain import Plan, QuantFormat
+from pydantic import ValidationError
+
+from autoqra.domain import Plan, QuantFormat, first_error
 from autoqra.errors import AutoQRAError, PlanError
 from autoqra.space.budget import format_bytes, parse_budget, resolve
 from autoqra.space.formats import DTYPE_BYTES, weight_storage_bytes
@@ -120,10 +122,8 @@ def _plan(args: argparse.Namespace, space: SearchSpace, spec: ModelSpec) -> tupl
         fields["group_size"] = args.group_size
     try:
         fmt = QuantFormat.model_validate(fields)
-    except ValueError as exc:
-        from autoqra.domain import first_error
-
-        raise PlanError(f"format: {first_error(exc)}") from None  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise PlanError(f"format: {first_error(exc)}") from None
     rank = 16 if args.rank is None else args.rank
     if not 0 <= rank <= 4096:
         raise PlanError(f"--rank must be in 0..4096, not {rank}")

@@ -31,11 +31,6 @@ _PERCENT = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
 MAX_BYTES = 2**50  # 1 PiB: anything larger is a typo
 MIN_BYTES = 2**20
 REFERENCE_RANK = 16
-HELP = (
-    "peak training memory: 16GB (GB = GiB = 2^30 bytes), 16000MB, raw bytes, "
-    "4bits (average stored bits per block weight, QLoRA setup), "
-    "qlora (uniform NF4 QLoRA r=16 peak), 80%% (of the 16-bit LoRA r=16 peak)"
-)
 
 
 def parse_budget(text: str) -> Budget:

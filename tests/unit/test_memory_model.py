@@ -26,7 +26,7 @@ MODELS = [
 def make_plan(choices):
     return Plan(model=SPEC.name, granularity="block", groups=tuple(
         PlanGroup(name=name, modules=modules, format=QuantFormat(name="hqq", bits=b), rank=r)
-        for (name, modules), (b, r) in zip(GROUPS, choices)
+        for (name, modules), (b, r) in zip(GROUPS, choices, strict=True)
     ))
 
 

@@ -4,11 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from autoqra.domain import Plan
+from autoqra.domain import Plan, QuantFormat
 from autoqra.errors import ModelSpecError, PlanError
 from autoqra.space.model_spec import MODEL_ALIASES, model_spec, packaged_config_path, spec_from_config
 from autoqra.space.search_space import uniform_plan
-from autoqra.domain import QuantFormat
 from tests.conftest import tiny_config
 
 # Published parameter counts of the real checkpoints (model cards / safetensors index totals).
