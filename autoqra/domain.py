@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -196,6 +197,7 @@ class Fidelity(BaseModel):
     batch_size: int = Field(ge=1, le=65_536)
     seq_len: int = Field(ge=8, le=1_048_576)
     eval_examples: int = Field(ge=1, le=1_000_000)
+    grad_accum: int = Field(default=1, ge=1, le=4096)
 
 
 BudgetKind = Literal["bytes", "bits", "qlora", "percent"]
@@ -209,3 +211,67 @@ class Budget(BaseModel):
     text: str
     kind: BudgetKind
     value: float
+
+
+class TrialStatus(str, Enum):
+    """How a trial ended. Only ``ok`` results carry an objective."""
+
+    OK = "ok"
+    DIVERGED = "diverged"  # loss became NaN/inf or exploded
+    OOM = "oom"  # the device ran out of memory
+    FAILED = "failed"  # another trial-level failure, described in ``error``
+
+
+class TrialMetrics(BaseModel):
+    """Raw held-out metrics of a trial."""
+
+    model_config = _FROZEN
+
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    accuracy: float | None = None
+    initial_eval_loss: float | None = None  # before training (the adapters' starting point)
+
+
+class PhaseSeconds(BaseModel):
+    """Wall seconds per phase of a trial."""
+
+    model_config = _FROZEN
+
+    load_s: float = 0.0
+    build_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+class TrialResult(BaseModel):
+    """The outcome of training and evaluating one plan at one fidelity (DESIGN.md §3)."""
+
+    model_config = _FROZEN
+
+    plan: Plan
+    fidelity: Fidelity
+    task: str
+    seed: int
+    status: TrialStatus
+    objective: float | None  # higher is better; None unless status is ok
+    metric_name: str  # "eval_loss" or "accuracy": what the objective is made of
+    metrics: TrialMetrics
+    train_losses: tuple[float, ...]
+    predicted_peak_bytes: int
+    measured_peak_bytes: int | None  # CUDA max_memory_allocated; None on CPU
+    measured_static_bytes: int  # parameters, buffers, backend tensors, grads, optimizer states
+    peak_rss_bytes: int | None  # process peak resident memory (CPU runs)
+    device: str
+    phases: PhaseSeconds
+    versions: tuple[tuple[str, str], ...]
+    error: str = ""
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def derive_seed(run_seed: int, plan_hash: str, fidelity: str) -> int:
+    """A trial's seed from (run seed, plan hash, fidelity): retries and resumes reproduce it."""
+    digest = hashlib.sha256(f"{run_seed}:{plan_hash}:{fidelity}".encode()).hexdigest()
+    return int(digest[:8], 16)

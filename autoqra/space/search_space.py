@@ -56,6 +56,9 @@ class TrainingSection(BaseModel):
     grad_checkpointing: bool = False
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"
     compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    lora_alpha_ratio: float = Field(default=2.0, gt=0, le=1024)  # alpha = ratio x rank
 
     def setup(self) -> TrainingSetup:
         assert self.optimizer in OPTIMIZERS

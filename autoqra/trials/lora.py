@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ from autoqra.domain import Plan
 from autoqra.errors import PlanError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -46,3 +48,53 @@ def attach_lora(model: nn.Module, plan: Plan, alpha_ratio: float = 2.0, dropout:
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(plan, alpha_ratio, dropout))
+
+
+def dequantized_weight(base: nn.Module) -> torch.Tensor:
+    """The float32 weight a quantized base layer computes with (HQQ, bitsandbytes NF4/int8, nn.Linear)."""
+    import torch
+
+    if hasattr(base, "dequantize") and hasattr(base, "W_q"):  # HQQLinear
+        return base.dequantize().float()
+    weight = base.weight
+    if hasattr(weight, "quant_state") and weight.quant_state is not None:  # bitsandbytes Params4bit
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+    scb = getattr(weight, "SCB", None)
+    if scb is None and getattr(base, "state", None) is not None:
+        scb = base.state.SCB
+    if weight.dtype == torch.int8 and scb is not None:  # bitsandbytes Int8Params: row-wise absmax / 127
+        return weight.data.float() * (scb.float()[:, None] / 127.0)
+    return weight.data.float()
+
+
+def init_from_residuals(model: nn.Module, originals: dict[str, torch.Tensor]) -> int:
+    """Quantization-aware adapter initialisation (one-shot LoftQ).
+
+    For every adapted layer in ``originals`` (full-precision weights taken before quantization),
+    set the adapter to the best rank-r approximation of the quantization residual W - Q(W), so that
+    Q(W) + scaling * B @ A starts as close to W as rank r allows. PEFT's own ``loftq`` init only
+    handles bitsandbytes and re-quantizes the model itself; this works on any backend here and uses
+    the layers already built (and cached). Returns the number of layers initialised.
+    """
+    import torch
+
+    done = 0
+    for name, module in model.named_modules():
+        key = name.removeprefix("base_model.model.")
+        if key not in originals or not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        a = module.lora_A["default"].weight
+        b = module.lora_B["default"].weight
+        rank = a.shape[0]
+        scaling = float(module.scaling["default"])
+        residual = originals[key].float().to(a.device) - dequantized_weight(module.base_layer).to(a.device)
+        # Full SVD: deterministic and free of RNG state (torch.svd_lowrank would draw from the global RNG).
+        u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+        root = torch.sqrt(s[:rank]) / math.sqrt(scaling)
+        with torch.no_grad():
+            b.copy_((u[:, :rank] * root).to(b.dtype))
+            a.copy_((root[:, None] * vh[:rank]).to(a.dtype))
+        done += 1
+    return done

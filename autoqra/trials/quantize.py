@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from autoqra.trials.layer_cache import LayerCache
+
 TORCH_DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -86,11 +88,13 @@ def quantize_linear(linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, dev
     return linear
 
 
-def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str = "cpu") -> nn.Module:
+def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str = "cpu",
+                   cache: LayerCache | None = None) -> nn.Module:
     """Quantize ``model`` in place according to ``plan``; everything else goes to the compute dtype.
 
-    Block linears are quantized from the weights as loaded (fp32 keeps full precision); embeddings,
-    norms and the LM head are then cast to the compute dtype. All base weights end up frozen.
+    Block linears are quantized from the weights as loaded (fp32 keeps full precision), or taken
+    from ``cache`` when it holds them; embeddings, norms and the LM head are then cast to the compute
+    dtype. All base weights end up frozen.
     """
     if compute_dtype not in TORCH_DTYPES:
         raise PlanError(f"compute dtype must be one of {TORCH_DTYPES}, not {compute_dtype!r}")
@@ -100,7 +104,10 @@ def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str
         if name not in modules:
             raise PlanError(f"plan names module {name!r}, which the model does not have")
         parent_name, _, child = name.rpartition(".")
-        replacement = quantize_linear(modules[name], fmt, compute_dtype, device)
+        if cache is not None:
+            replacement = cache.layer(name, modules[name], fmt, compute_dtype, device)
+        else:
+            replacement = quantize_linear(modules[name], fmt, compute_dtype, device)
         setattr(modules[parent_name], child, replacement)
     dtype = torch_dtype(compute_dtype)
     quantized_names = set(choices)

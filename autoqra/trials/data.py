@@ -1,0 +1,216 @@
+"""Tasks: what a trial trains on and how it is scored. No downloads: the data ships in wheels or is generated.
+
+- ``news`` (default): causal-LM domain adaptation on the Lee news corpus shipped in gensim 4.4.0's
+  wheel (``gensim/test/test_data/lee_background.cor``, 300 articles; located, never imported).
+  Seeded split by article; metric: held-out token loss (perplexity reported too).
+- ``arith``: multi-step arithmetic word problems generated from a seed, one numeric answer each;
+  disjoint train/eval; prompt tokens masked out of the labels; metric: exact match by greedy decoding.
+- a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
+  ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from autoqra.errors import AutoQRAError
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE = -100
+EVAL_FRACTION = 0.1
+TASK_NAMES = ("news", "arith")
+
+
+class TaskError(AutoQRAError):
+    """A task name or data file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """A prompt and its target answer (for generation-scored tasks)."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Tokenized splits: rows of ``seq_len`` token ids with labels (IGNORE where not scored)."""
+
+    train_ids: torch.Tensor
+    train_labels: torch.Tensor
+    eval_ids: torch.Tensor
+    eval_labels: torch.Tensor
+    generation: tuple[Prompted, ...]  # held-out prompts scored by exact match; empty for LM tasks
+    metric: Literal["loss", "accuracy"]
+
+
+def _gensim_data(name: str) -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("task 'news' needs the data in gensim==4.4.0 (pip install --no-deps gensim==4.4.0; "
+                        "`make setup` does this)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data" / name
+    if not path.is_file():
+        raise TaskError(f"gensim's test data has no {name}; install gensim==4.4.0")
+    return path
+
+
+def news_articles() -> list[str]:
+    text = _gensim_data("lee_background.cor").read_text(encoding="utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena")
+_ITEMS = ("apples", "books", "coins", "stamps", "marbles", "pencils", "cards", "shells")
+
+
+def arith_problem(rng: random.Random) -> Prompted:
+    """One multi-step word problem with a single integer answer."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(3, 60), rng.randint(2, 40)
+    c = rng.randint(1, a + b)
+    k = rng.randint(2, 4)
+    kind = rng.randrange(3)
+    if kind == 0:
+        q = f"{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} does {name} have now?"
+        ans = a + b - c
+    elif kind == 1:
+        q = f"{name} has {a} {item}, then buys {k} bags of {b} {item} each. How many {item} are there in total?"
+        ans = a + k * b
+    else:
+        q = (f"{name} had {a} {item} and {b} more arrived; then {name} lost {c}, "
+             f"and finally the pile was multiplied by {k}. How many {item} are there?")
+        ans = (a + b - c) * k
+    return Prompted(prompt=f"Question: {q}\nAnswer:", answer=f" {ans}")
+
+
+def arith_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
+    """Disjoint train/eval problems; the eval set depends on the seed only, not on n_train."""
+    eval_rng = random.Random(f"arith-eval-{seed}")
+    evals: list[Prompted] = []
+    seen: set[str] = set()
+    while len(evals) < n_eval:
+        p = arith_problem(eval_rng)
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            evals.append(p)
+    train_rng = random.Random(f"arith-train-{seed}")
+    train: list[Prompted] = []
+    while len(train) < n_train:
+        p = arith_problem(train_rng)
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            train.append(p)
+    return train, evals
+
+
+def _lm_rows(docs: list[str], tokenizer: Any, seq_len: int) -> list[list[int]]:
+    """Concatenate documents (EOS between) and cut into rows of seq_len tokens."""
+    stream: list[int] = []
+    for doc in docs:
+        stream += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def _prompted_rows(items: list[Prompted], tokenizer: Any, seq_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    ids_rows, label_rows = [], []
+    for item in items:
+        p = tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(item.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (p + a)[:seq_len]
+        labels = ([IGNORE] * len(p) + a)[:seq_len]
+        pad = seq_len - len(ids)
+        ids_rows.append(ids + [tokenizer.pad_token_id] * pad)
+        label_rows.append(labels + [IGNORE] * pad)
+    return ids_rows, label_rows
+
+
+def _tensor(rows: list[list[int]]) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(rows, dtype=torch.long) if rows else torch.empty((0, 0), dtype=torch.long)
+
+
+def _split_docs(docs: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    order = list(range(len(docs)))
+    random.Random(f"split-{seed}").shuffle(order)
+    n_eval = max(1, int(round(EVAL_FRACTION * len(docs))))
+    eval_idx = set(order[:n_eval])
+    return [d for i, d in enumerate(docs) if i not in eval_idx], [d for i, d in enumerate(docs) if i in eval_idx]
+
+
+def build_task(task: str, tokenizer: Any, seq_len: int, eval_examples: int, train_rows: int,
+               data_seed: int = 0) -> TaskData:
+    """Tokenized data of ``task`` for one fidelity. ``data_seed`` fixes the splits (not the trial seed)."""
+    if task == "news":
+        train_docs, eval_docs = _split_docs(news_articles(), data_seed)
+        return _lm_task(train_docs, eval_docs, tokenizer, seq_len, eval_examples)
+    if task == "arith":
+        train, evals = arith_split(data_seed, train_rows, eval_examples)
+        ti, tl = _prompted_rows(train, tokenizer, seq_len)
+        ei, el = _prompted_rows(evals, tokenizer, seq_len)
+        return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), tuple(evals), "accuracy")
+    path = Path(task).expanduser()
+    if path.suffix == ".jsonl":
+        return _jsonl_task(path, tokenizer, seq_len, eval_examples, data_seed)
+    raise TaskError(f"unknown task {task!r}: use {', '.join(TASK_NAMES)} or a path to a .jsonl file")
+
+
+def _lm_task(train_docs: list[str], eval_docs: list[str], tokenizer: Any, seq_len: int, eval_examples: int) -> TaskData:
+    train = _lm_rows(train_docs, tokenizer, seq_len)
+    evals = _lm_rows(eval_docs, tokenizer, seq_len)[:eval_examples]
+    if not train or not evals:
+        raise TaskError(f"not enough text for rows of {seq_len} tokens (train {len(train)}, eval {len(evals)})")
+    ti, ei = _tensor(train), _tensor(evals)
+    return TaskData(ti, ti.clone(), ei, ei.clone(), (), "loss")
+
+
+def _jsonl_task(path: Path, tokenizer: Any, seq_len: int, eval_examples: int, seed: int) -> TaskData:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"cannot read {path}: {exc}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise TaskError(f"{path}:{number}: each line must be a JSON object")
+        records.append((number, rec))
+    if len(records) < 2:
+        raise TaskError(f"{path}: needs at least 2 records (train and eval)")
+    if all(isinstance(r.get("text"), str) for _, r in records):
+        train_docs, eval_docs = _split_docs([r["text"] for _, r in records], seed)
+        return _lm_task(train_docs, eval_docs, tokenizer, seq_len, eval_examples)
+    items = []
+    for number, rec in records:
+        if not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("output"), str):
+            raise TaskError(f"{path}:{number}: needs 'text', or 'instruction' and 'output' strings")
+        extra = rec.get("input") or ""
+        prompt = f"### Instruction:\n{rec['instruction']}\n" + (f"### Input:\n{extra}\n" if extra else "")
+        items.append(Prompted(prompt=prompt + "### Response:\n", answer=rec["output"]))
+    train, evals = _split_docs(items, seed)
+    ti, tl = _prompted_rows(train, tokenizer, seq_len)
+    ei, el = _prompted_rows(evals[:eval_examples], tokenizer, seq_len)
+    return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), (), "loss")
+
+
+_INT = re.compile(r"-?\d+")
+
+
+def first_integer(text: str) -> str | None:
+    m = _INT.search(text)
+    return m.group(0) if m else None

