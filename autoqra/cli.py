@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from autoqra.commands.common_args import add_plan_arguments
 from autoqra.errors import AutoQRAError
 
 BUDGET_HELP = (
@@ -39,16 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the peak training memory of a plan (or a uniform format and rank) from "
         "the model's config alone. Sizes are binary: GiB = 2^30 bytes.",
     )
-    est.add_argument("--model", help="alias (e.g. smollm2-135m, llama-3.1-8b), config.json, model folder "
-                     "or hub id; default: the space's model")
-    est.add_argument("--space", default="default", help="search-space YAML file or preset name (default: default)")
-    est.add_argument("--plan", type=Path, help="plan JSON file (see docs/plan-format.md)")
-    est.add_argument("--format", dest="fmt", choices=["hqq", "nf4", "int8", "bf16", "fp16", "fp32"],
-                     help="uniform format for every block linear (default: hqq)")
-    est.add_argument("--bits", type=int, help="bits of the uniform format (default: 4 for hqq)")
-    est.add_argument("--group-size", type=int, help="HQQ group size / NF4 block size (default 64)")
-    est.add_argument("--double-quant", action="store_true", help="NF4 with double-quantized absmax")
-    est.add_argument("--rank", type=int, help="uniform LoRA rank, 0 = no adapter (default: 16)")
+    add_plan_arguments(est)
     est.add_argument("--batch-size", type=int, help="default: the space's training.batch_size")
     est.add_argument("--seq-len", type=int, help="default: the space's training.seq_len")
     est.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
@@ -58,6 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--budget", help=BUDGET_HELP)
     est.add_argument("--save-plan", type=Path, help="write the evaluated plan as JSON to this path")
     est.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+    trial = sub.add_parser(
+        "trial",
+        help="train and evaluate one plan for real (quantized base + LoRA) at a fidelity",
+        description="Build the model with the plan's formats (HQQ / bitsandbytes) and LoRA ranks (PEFT), "
+        "train the adapters at the chosen fidelity and evaluate on the task's held-out split.",
+    )
+    add_plan_arguments(trial)
+    trial.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    trial.add_argument("--fidelity", default="micro", help="fidelity name from the space (default: micro)")
+    trial.add_argument("--init", choices=["default", "loftq"], default="default",
+                       help="adapter init: PEFT default (B=0), or loftq (rank-r SVD of the quantization residual)")
+    trial.add_argument("--seed", type=int, default=0, help="run seed; the trial seed derives from it, the plan and "
+                       "the fidelity (default 0)")
+    trial.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    trial.add_argument("--grad-checkpointing", action="store_true")
+    trial.add_argument("--out", type=Path, help="also write the TrialResult JSON to this path")
+    trial.add_argument("--json", action="store_true", help="print the TrialResult as JSON")
     return parser
 
 
@@ -68,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from autoqra.commands.estimate import run_estimate
 
             return run_estimate(args)
+        if args.command == "trial":
+            from autoqra.commands.trial import run_trial
+
+            return run_trial(args)
         raise AssertionError(f"unhandled command {args.command}")
     except AutoQRAError as exc:
         print(f"autoqra: error: {exc.message}", file=sys.stderr)

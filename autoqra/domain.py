@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -213,7 +213,7 @@ class Budget(BaseModel):
     value: float
 
 
-class TrialStatus(str, Enum):
+class TrialStatus(StrEnum):
     """How a trial ended. Only ``ok`` results carry an objective."""
 
     OK = "ok"
@@ -231,6 +231,8 @@ class TrialMetrics(BaseModel):
     perplexity: float | None = None
     accuracy: float | None = None
     initial_eval_loss: float | None = None  # before training (the adapters' starting point)
+    probe_train_loss_before: float | None = None  # loss on a fixed batch of training rows, before training
+    probe_train_loss_after: float | None = None  # ... and after: a low-noise "training loss falls" signal
 
 
 class PhaseSeconds(BaseModel):

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from autoqra.domain import Plan, QuantFormat, first_error
-from autoqra.errors import AutoQRAError, PlanError
+from autoqra.commands.common import format_counts, format_summary, plan_from_args, space_for, write_text
+from autoqra.domain import Plan
 from autoqra.space.budget import format_bytes, parse_budget, resolve
 from autoqra.space.formats import DTYPE_BYTES, weight_storage_bytes
 from autoqra.space.memory import MemoryBreakdown, MemoryModel, TrainingSetup
 from autoqra.space.model_spec import ModelSpec, model_spec
-from autoqra.space.search_space import SearchSpace, load_space, uniform_plan
+from autoqra.space.search_space import SearchSpace
 
 _ROWS = (
     ("quantized_weights", "quantized block weights"),
@@ -32,19 +29,17 @@ _ROWS = (
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    space = load_space(args.space)
-    if args.model:
-        space = space.with_model(args.model)
+    space = space_for(args)
     spec = model_spec(space.model)
     setup = _setup(space, args)
-    plan, plan_source = _plan(args, space, spec)
+    plan, plan_source = plan_from_args(args, space, spec)
     spec.check_plan(plan)
     memory = MemoryModel(spec, setup)
     breakdown = memory.estimate(plan)
     budget = resolve(parse_budget(args.budget), memory) if args.budget else None
     bits = stored_bits_per_weight(plan, spec, setup)
     if args.save_plan:
-        _write(args.save_plan, plan.to_json() + "\n")
+        write_text(args.save_plan, plan.to_json() + "\n")
 
     if args.json:
         out: dict[str, Any] = {
@@ -52,7 +47,7 @@ def run_estimate(args: argparse.Namespace) -> int:
             "space": space.name,
             "training": dataclasses.asdict(setup),
             "plan": {"source": plan_source, "hash": plan.plan_hash, "groups": len(plan.groups),
-                     "stored_bits_per_weight": round(bits, 4), "formats": _format_counts(plan)},
+                     "stored_bits_per_weight": round(bits, 4), "formats": format_counts(plan)},
             "memory": breakdown.as_dict(),
         }
         if budget is not None:
@@ -66,7 +61,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     ckpt = "with" if setup.grad_checkpointing else "without"
     print(f"training    batch {setup.batch_size} x seq {setup.seq_len}, {setup.compute_dtype} compute, "
           f"{setup.optimizer}, {ckpt} gradient checkpointing")
-    print(f"plan        {plan_source}; {len(plan.groups)} groups; {_format_summary(plan)}")
+    print(f"plan        {plan_source}; {len(plan.groups)} groups; {format_summary(plan)}")
     print(f"            {bits:.2f} stored bits per block weight (metadata included); hash {plan.plan_hash}")
     print()
     _print_breakdown(breakdown)
@@ -102,44 +97,7 @@ def _setup(space: SearchSpace, args: argparse.Namespace) -> TrainingSetup:
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _plan(args: argparse.Namespace, space: SearchSpace, spec: ModelSpec) -> tuple[Plan, str]:
-    uniform_args = (args.fmt, args.bits, args.rank, args.group_size)
-    if args.plan is not None:
-        if any(v is not None for v in uniform_args) or args.double_quant:
-            raise PlanError("give either --plan or --format/--bits/--rank/--group-size, not both")
-        try:
-            text = args.plan.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"cannot read plan {args.plan}: {exc.strerror or exc}") from None
-        return Plan.from_json(text, source=str(args.plan)), str(args.plan)
-    name = args.fmt or "hqq"
-    fields: dict[str, Any] = {"name": name, "double_quant": args.double_quant}
-    if args.bits is not None:
-        fields["bits"] = args.bits
-    elif name == "hqq":
-        fields["bits"] = 4
-    if args.group_size is not None:
-        fields["group_size"] = args.group_size
-    try:
-        fmt = QuantFormat.model_validate(fields)
-    except ValidationError as exc:
-        raise PlanError(f"format: {first_error(exc)}") from None
-    rank = 16 if args.rank is None else args.rank
-    if not 0 <= rank <= 4096:
-        raise PlanError(f"--rank must be in 0..4096, not {rank}")
-    return uniform_plan(spec, fmt, rank, space.granularity), f"uniform {fmt.label} r={rank}"
 
-
-def _format_counts(plan: Plan) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for fmt, rank in plan.module_choices().values():
-        key = f"{fmt.label} r={rank}"
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _format_summary(plan: Plan) -> str:
-    return ", ".join(f"{n} x {k}" for k, n in _format_counts(plan).items())
 
 
 def _print_model(spec: ModelSpec) -> None:
@@ -161,10 +119,3 @@ def _print_breakdown(b: MemoryBreakdown) -> None:
     print(f"  {'static (resident)':<30} {format_bytes(b.static):>12}")
     print(f"  {'total peak':<30} {format_bytes(b.total):>12}   ({b.total:,} bytes)")
 
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise AutoQRAError(f"cannot write {path}: {exc.strerror or exc}") from None

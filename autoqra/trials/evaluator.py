@@ -111,23 +111,27 @@ class Evaluator:
         eval_batch = max(1, fidelity.batch_size)
         model.eval()
         initial = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
+        probe = (data.train_ids[:eval_batch], data.train_labels[:eval_batch])
+        probe_before = eval_loss(model, *probe, eval_batch, self.device)
         outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=fidelity.batch_size,
                                                  grad_accum=fidelity.grad_accum, learning_rate=cfg.learning_rate,
                                                  warmup_ratio=cfg.warmup_ratio), seed, self.device)
         t3 = time.perf_counter()
 
-        metrics = TrialMetrics(initial_eval_loss=initial)
+        metrics = TrialMetrics(initial_eval_loss=initial, probe_train_loss_before=probe_before)
         objective: float | None = None
         status, error = outcome.status, outcome.error
         if status is TrialStatus.OK:
             model.eval()
             loss = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
+            probe_after = eval_loss(model, *probe, eval_batch, self.device)
             accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
             if not math.isfinite(loss):
                 status, error = TrialStatus.DIVERGED, f"held-out loss {loss}"
             else:
                 metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,
-                                       initial_eval_loss=initial)
+                                       initial_eval_loss=initial, probe_train_loss_before=probe_before,
+                                       probe_train_loss_after=probe_after)
                 objective = accuracy if accuracy is not None else -loss
         t4 = time.perf_counter()
 

@@ -45,9 +45,13 @@ def lora_config(plan: Plan, alpha_ratio: float = 2.0, dropout: float = 0.0) -> A
 
 def attach_lora(model: nn.Module, plan: Plan, alpha_ratio: float = 2.0, dropout: float = 0.0) -> nn.Module:
     """Wrap ``model`` (already quantized) with PEFT LoRA adapters following ``plan``."""
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(plan, alpha_ratio, dropout))
+    with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates; not ours to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora_config(plan, alpha_ratio, dropout))
 
 
 def dequantized_weight(base: nn.Module) -> torch.Tensor:

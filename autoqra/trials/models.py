@@ -125,7 +125,9 @@ def load_causal_lm(weights: Weights, dtype: str = "fp32") -> tuple[nn.Module, An
     """Model (on CPU, in ``dtype``) and tokenizer; the tokenizer gets a pad token if it lacks one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per trial would drown the search's own progress
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=torch_dtype)

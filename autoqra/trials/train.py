@@ -67,6 +67,8 @@ def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, devi
     model.train()
     try:
         for _ in range(config.steps):
+            # zeroed at the start of a step, so the last step's gradients stay for the footprint measurement
+            optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 rows = torch.randint(n, (config.batch_size,), generator=generator)
@@ -82,7 +84,6 @@ def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, devi
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or is_oom(exc):
             return TrainOutcome(TrialStatus.OOM, tuple(losses), f"out of memory: {str(exc).splitlines()[0][:200]}",
