@@ -12,7 +12,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from autoqra.space.model_spec import model_spec, spec_from_config
 from autoqra.trials.data import TaskData, build_task
 from autoqra.trials.footprint import measure_footprint
 from autoqra.trials.layer_cache import LayerCache
-from autoqra.trials.lora import attach_lora, init_from_residuals
+from autoqra.trials.lora import attach_lora, init_default, init_from_residuals
 from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_weights
 from autoqra.trials.quantize import quantize_model
 from autoqra.trials.train import TrainConfig, eval_accuracy, eval_loss, train
@@ -42,7 +42,7 @@ class EvaluatorConfig:
     init: Literal["default", "loftq"] = "default"
     grad_checkpointing: bool = False
     data_seed: int = 0
-    cache_dir: Path | None = None  # None: the user cache (see models.cache_root); disk cache off if False-y root
+    cache_dir: Path | None = None  # quantized-layer cache root; None: the user cache (models.cache_root)
 
 
 def library_versions() -> tuple[tuple[str, str], ...]:
@@ -98,10 +98,11 @@ class Evaluator:
         t1 = time.perf_counter()
         originals = self._originals(model, plan) if cfg.init == "loftq" else {}
         quantize_model(model, plan, cfg.compute_dtype, self.device, cache=self.layer_cache)
-        torch.manual_seed(seed)  # PEFT initialises lora_A from torch's default generator
         model = attach_lora(model, plan, alpha_ratio=cfg.alpha_ratio)
         if originals:
             init_from_residuals(model, originals)
+        else:
+            init_default(model, torch.Generator().manual_seed(seed))
         model.to(self.device)
         if cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -168,7 +169,3 @@ class Evaluator:
         modules = dict(model.named_modules())
         return {name: modules[name].weight.detach().clone()
                 for name, (fmt, rank) in plan.module_choices().items() if rank > 0 and fmt.quantized}
-
-
-def with_overrides(config: EvaluatorConfig, **changes: Any) -> EvaluatorConfig:
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -54,6 +54,24 @@ def attach_lora(model: nn.Module, plan: Plan, alpha_ratio: float = 2.0, dropout:
         return get_peft_model(model, lora_config(plan, alpha_ratio, dropout))
 
 
+def init_default(model: nn.Module, generator: torch.Generator) -> int:
+    """PEFT's default init (A Kaiming-uniform, B zero) drawn from ``generator``.
+
+    PEFT draws A from torch's global generator; re-drawing it from an explicit one makes a trial
+    reproducible from its seed alone, whatever ran before it in the process.
+    """
+    import torch
+
+    done = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            with torch.no_grad():
+                torch.nn.init.kaiming_uniform_(module.lora_A["default"].weight, a=math.sqrt(5), generator=generator)
+                module.lora_B["default"].weight.zero_()
+            done += 1
+    return done
+
+
 def dequantized_weight(base: nn.Module) -> torch.Tensor:
     """The float32 weight a quantized base layer computes with (HQQ, bitsandbytes NF4/int8, nn.Linear)."""
     import torch

@@ -132,3 +132,16 @@ def test_nf4_trains_as_well_after_an_evaluation(tokenizer):
         return eval_loss(model, data.eval_ids, data.eval_labels, 2, "cpu")
 
     assert run(True) == pytest.approx(run(False), abs=1e-3)
+
+
+def test_trials_reproduce_from_their_seed(tokenizer):
+    load, spec = loader_for("llama", tokenizer)
+    plan = Plan(model="llama", granularity="block", groups=tuple(
+        PlanGroup(name=n, modules=m, format=QuantFormat(name="hqq", bits=4), rank=4) for n, m in spec.block_groups()))
+    evaluator = Evaluator(EvaluatorConfig(model="llama"), model_loader=load)
+    a = evaluator.evaluate(plan, FID, seed=21)
+    torch.rand(1000)  # global RNG state must not matter
+    b = evaluator.evaluate(plan, FID, seed=21)
+    c = evaluator.evaluate(plan, FID, seed=22)
+    assert a.train_losses == b.train_losses and a.metrics == b.metrics
+    assert c.train_losses != a.train_losses
