@@ -55,6 +55,14 @@ def test_static_bytes_match_prediction(family, compute):
     plan = mixed_plan(spec, compute)
     model, optimizer, loss = build_and_step(config, plan, compute)
     assert torch.isfinite(loss)
+    # only the adapters train: every parameter that received a gradient is a LoRA weight, and every
+    # LoRA weight received one (rank-0 modules have none)
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    lora = {n for n, p in model.named_parameters() if "lora_" in n}
+    assert with_grad == lora and lora
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert_backend_classes(model, plan)
+
     measured = measure_footprint(model, optimizer)
     predicted = MemoryModel(spec, TrainingSetup(compute_dtype=compute)).estimate(plan)
 
@@ -67,14 +75,10 @@ def test_static_bytes_match_prediction(family, compute):
     assert measured.total == pytest.approx(predicted.static, rel=0.005)
 
 
-def test_quantized_modules_are_backend_classes():
+def assert_backend_classes(model, plan: Plan) -> None:
     import bitsandbytes as bnb
     from hqq.core.quantize import HQQLinear
 
-    config = tiny_config("llama")
-    spec = spec_from_config(config, "llama")
-    plan = mixed_plan(spec, "fp32")
-    model, _, _ = build_and_step(config, plan, "fp32")
     modules = dict(model.base_model.model.named_modules())
     for name, (fmt, rank) in plan.module_choices().items():
         base = modules[name].base_layer if rank > 0 else modules[name]
@@ -83,5 +87,3 @@ def test_quantized_modules_are_backend_classes():
         assert hasattr(modules[name], "lora_A") == (rank > 0)
         if rank:
             assert modules[name].lora_A["default"].weight.shape[0] == rank
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
