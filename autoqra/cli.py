@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--grad-checkpointing", action="store_true")
     trial.add_argument("--out", type=Path, help="also write the TrialResult JSON to this path")
     trial.add_argument("--json", action="store_true", help="print the TrialResult as JSON")
+
+    pri = sub.add_parser(
+        "priors",
+        help="measure per-group quantization sensitivity and adaptation demand (the search's priors)",
+        description="Sensitivity: KL divergence between the unquantized model's outputs and those with only "
+        "one group at the space's lowest format. Demand: mean squared LoRA gradient norm per group.",
+    )
+    pri.add_argument("--model", help="default: the space's model")
+    pri.add_argument("--space", default="default", help="search-space YAML file or preset name (default: default)")
+    pri.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    pri.add_argument("--calibration", type=int, default=16, help="calibration sequences (default 16)")
+    pri.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
+    pri.add_argument("--demand-batches", type=int, default=4, help="training batches for the demand (default 4)")
+    pri.add_argument("--seed", type=int, default=0)
+    pri.add_argument("--out", type=Path, default=Path("priors.json"), help="output file (default priors.json)")
     return parser
 
 
@@ -82,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from autoqra.commands.trial import run_trial
 
             return run_trial(args)
+        if args.command == "priors":
+            from autoqra.commands.priors import run_priors
+
+            if min(args.calibration, args.seq_len, args.demand_batches) < 1 or args.seq_len < 8:
+                raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")
+            return run_priors(args)
         raise AssertionError(f"unhandled command {args.command}")
     except AutoQRAError as exc:
         print(f"autoqra: error: {exc.message}", file=sys.stderr)

@@ -1,10 +1,10 @@
-"""Imports flow one way: domain/errors <- space <- trials <- commands <- cli (DESIGN.md §2)."""
+"""Imports flow one way: errors <- domain <- space <- priors <- trials <- commands <- cli (DESIGN.md §2)."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "autoqra"
-LAYERS = ["errors", "domain", "space", "trials", "commands", "cli"]
+LAYERS = ["errors", "domain", "space", "priors", "trials", "commands", "cli"]
 
 
 def layer_of(module: str) -> int | None:

@@ -1,0 +1,49 @@
+"""``autoqra priors``: measure per-group quantization sensitivity and adaptation demand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from autoqra.commands.common import space_for, write_text
+from autoqra.errors import AutoQRAError
+from autoqra.space.model_spec import model_spec
+
+
+def run_priors(args: argparse.Namespace) -> int:
+    from autoqra.trials.data import build_task
+    from autoqra.trials.importance import measure_priors
+    from autoqra.trials.layer_cache import LayerCache
+    from autoqra.trials.models import cache_root, load_causal_lm, resolve_weights
+
+    space = space_for(args)
+    spec = model_spec(space.model)
+    task = args.task or space.task
+    lowest = space.ladder(spec)[0]
+    if not lowest.quantized:
+        raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
+    weights = resolve_weights(space.model)
+    groups = spec.groups(space.granularity)
+    dtype = space.training.compute_dtype
+    print(f"priors: model {space.model}, task {task}, {len(groups)} {space.granularity} groups, sensitivity at "
+          f"{lowest.label} on {args.calibration} x {args.seq_len} tokens, demand over {args.demand_batches} batches, "
+          f"{dtype}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+
+    def load():
+        return load_causal_lm(weights, "fp32")
+
+    _, tokenizer = load()
+    data = build_task(task, tokenizer, args.seq_len, 1, train_rows=max(args.calibration, 64))
+    priors = measure_priors(
+        model_name=space.model, fingerprint=weights.fingerprint, task=task, granularity=space.granularity,
+        groups=groups, lowest=lowest, compute_dtype=dtype, load=load, data=data, calibration=args.calibration,
+        cache=LayerCache(cache_root(), weights.fingerprint), demand_batches=args.demand_batches, seed=args.seed,
+    )
+    write_text(args.out, priors.to_json() + "\n")
+    print(f"{'group':<40} {'sensitivity':>12} {'demand':>12}")
+    for g in priors.groups:
+        print(f"{g.name:<40} {g.sensitivity:>12.5f} {g.demand:>12.5g}")
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    return 0

@@ -1,0 +1,1 @@
+"""Layer-importance priors: quantization sensitivity and adaptation demand per layer group."""

@@ -1,0 +1,137 @@
+"""Measuring the priors on the real model.
+
+- **Quantization sensitivity** of a group: the mean per-token KL divergence between the output
+  distribution of the unquantized model and that of the model with only this group's linears at the
+  lowest bit-width of the space, on calibration sequences from the task's training split. The model is
+  loaded once; each group's linears are swapped for their quantized versions (from the layer cache)
+  and swapped back.
+- **Adaptation demand** of a group: with LoRA (rank 8) on every block linear of the unquantized model,
+  the mean over a few training batches of the squared gradient norm of the group's adapter weights
+  (an empirical-Fisher proxy; at PEFT's init B = 0, so the signal is in the B matrices).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from autoqra.domain import Plan, PlanGroup, QuantFormat
+from autoqra.priors.schema import GroupPrior, Priors
+from autoqra.trials.data import TaskData
+from autoqra.trials.layer_cache import LayerCache
+from autoqra.trials.lora import attach_lora
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEMAND_RANK = 8
+
+
+def _log_probs(model: nn.Module, ids: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch):
+            out.append(torch.log_softmax(model(input_ids=ids[start:start + batch]).logits.float(), dim=-1))
+    return out
+
+
+def sensitivity(model: nn.Module, groups: tuple[tuple[str, tuple[str, ...]], ...], lowest: QuantFormat,
+                compute_dtype: str, calib_ids: torch.Tensor, cache: LayerCache, full_precision: dict[str, Any],
+                batch: int = 4, progress: bool = True) -> dict[str, float]:
+    """KL(reference || group quantized) per token, per group.
+
+    ``model`` is unquantized, in the compute dtype; ``full_precision`` holds the fp32 weights (and
+    biases) of the block linears, which are what gets quantized, exactly as a trial build does, so the
+    layer cache entries made here are the ones trials reuse.
+    """
+    import torch
+
+    model.eval()
+    reference = _log_probs(model, calib_ids, batch)
+    modules = dict(model.named_modules())
+    scores: dict[str, float] = {}
+    for index, (name, names) in enumerate(groups):
+        originals = {m: modules[m] for m in names}
+        for m in names:
+            parent, _, child = m.rpartition(".")
+            float_copy = torch.nn.Linear(originals[m].in_features, originals[m].out_features,
+                                         bias=originals[m].bias is not None, device="meta")
+            weight, bias = full_precision[m]
+            float_copy.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+            if bias is not None:
+                float_copy.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)
+            setattr(modules[parent], child, cache.layer(m, float_copy, lowest, compute_dtype, "cpu"))
+        total, tokens = 0.0, 0
+        for ref, start in zip(reference, range(0, calib_ids.shape[0], batch), strict=True):
+            with torch.no_grad():
+                logq = torch.log_softmax(model(input_ids=calib_ids[start:start + batch]).logits.float(), dim=-1)
+            total += float((ref.exp() * (ref - logq)).sum())
+            tokens += ref.shape[0] * ref.shape[1]
+        scores[name] = max(0.0, total / tokens)
+        for m in names:
+            parent, _, child = m.rpartition(".")
+            setattr(modules[parent], child, originals[m])
+        if progress:
+            print(f"priors: sensitivity {index + 1}/{len(groups)} {name}: {scores[name]:.4f}", file=sys.stderr,
+                  flush=True)
+    return scores
+
+
+def demand(model: nn.Module, spec_groups: tuple[tuple[str, tuple[str, ...]], ...], compute_dtype: str,
+           data: TaskData, batches: int, batch_size: int, seed: int) -> dict[str, float]:
+    """Mean squared LoRA-gradient norm per group over ``batches`` training batches."""
+    import torch
+
+    dtype_name = "fp32" if compute_dtype == "fp32" else compute_dtype
+    fmt = QuantFormat(name=dtype_name, bits=32 if dtype_name == "fp32" else 16)
+    plan = Plan(model="priors", granularity="module", groups=tuple(
+        PlanGroup(name=m, modules=(m,), format=fmt, rank=DEMAND_RANK) for _, names in spec_groups for m in names))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = attach_lora(model, plan)
+    from autoqra.trials.lora import init_default
+
+    init_default(peft_model, torch.Generator().manual_seed(seed))
+    peft_model.train()
+    owner = {m: name for name, names in spec_groups for m in names}
+    sums = {name: 0.0 for name, _ in spec_groups}
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        rows = torch.randint(data.train_ids.shape[0], (batch_size,), generator=generator)
+        peft_model.zero_grad(set_to_none=True)
+        peft_model(input_ids=data.train_ids[rows], labels=data.train_labels[rows]).loss.backward()
+        for pname, param in peft_model.named_parameters():
+            if param.grad is None:
+                continue
+            module = pname.removeprefix("base_model.model.").split(".lora_")[0]
+            sums[owner[module]] += float(param.grad.float().pow(2).sum())
+    return {name: value / batches for name, value in sums.items()}
+
+
+def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity: str,
+                   groups: tuple[tuple[str, tuple[str, ...]], ...], lowest: QuantFormat, compute_dtype: str,
+                   load: Any, data: TaskData, calibration: int, cache: LayerCache, demand_batches: int = 4,
+                   seed: int = 0) -> Priors:
+    """Both scores for every group; ``load()`` returns a fresh unquantized (model, tokenizer) in fp32."""
+    from autoqra.trials.quantize import torch_dtype
+
+    model, _ = load()
+    modules = dict(model.named_modules())
+    full_precision = {m: (modules[m].weight.detach().clone(),
+                          None if modules[m].bias is None else modules[m].bias.detach().clone())
+                      for _, names in groups for m in names}
+    model.to(torch_dtype(compute_dtype))
+    calib = data.train_ids[:calibration]
+    sens = sensitivity(model, groups, lowest, compute_dtype, calib, cache, full_precision)
+    del full_precision
+    model, _ = load()
+    model.to(torch_dtype(compute_dtype))
+    dem = demand(model, groups, compute_dtype, data, demand_batches, min(4, calibration), seed)
+    return Priors(
+        model=model_name, weights_fingerprint=fingerprint, task=task, granularity=granularity,  # type: ignore[arg-type]
+        lowest_format=lowest.label, calibration_sequences=int(calib.shape[0]), seq_len=int(calib.shape[1]),
+        groups=tuple(GroupPrior(name=n, modules=m, sensitivity=sens[n], demand=dem[n]) for n, m in groups),
+    )
