@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from autoqra.commands.common_args import add_plan_arguments
+from autoqra.commands.common_args import add_model_arguments, add_plan_arguments
 from autoqra.errors import AutoQRAError
 
 BUDGET_HELP = (
@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sensitivity: KL divergence between the unquantized model's outputs and those with only "
         "one group at the space's lowest format. Demand: mean squared LoRA gradient norm per group.",
     )
-    pri.add_argument("--model", help="default: the space's model")
-    pri.add_argument("--space", default="default", help="search-space YAML file or preset name (default: default)")
+    add_model_arguments(pri)
     pri.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
     pri.add_argument("--calibration", type=int, default=16, help="calibration sequences (default 16)")
     pri.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
@@ -100,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "priors":
             from autoqra.commands.priors import run_priors
 
-            if min(args.calibration, args.seq_len, args.demand_batches) < 1 or args.seq_len < 8:
-                raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")
             return run_priors(args)
         raise AssertionError(f"unhandled command {args.command}")
     except AutoQRAError as exc:

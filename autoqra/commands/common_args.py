@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 
 
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="alias (e.g. smollm2-135m, llama-3.1-8b), config.json, model folder "
                         "or hub id; default: the space's model")
     parser.add_argument("--space", default="default", help="search-space YAML file or preset name (default: default)")
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument("--plan", type=Path, help="plan JSON file (see docs/plan-format.md)")
     parser.add_argument("--format", dest="fmt", choices=["hqq", "nf4", "int8", "bf16", "fp16", "fp32"],
                         help="uniform format for every block linear (default: hqq)")

@@ -17,6 +17,8 @@ def run_priors(args: argparse.Namespace) -> int:
     from autoqra.trials.layer_cache import LayerCache
     from autoqra.trials.models import cache_root, load_causal_lm, resolve_weights
 
+    if min(args.calibration, args.demand_batches) < 1 or args.seq_len < 8:
+        raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")
     space = space_for(args)
     spec = model_spec(space.model)
     task = args.task or space.task
@@ -31,14 +33,11 @@ def run_priors(args: argparse.Namespace) -> int:
           f"{dtype}", file=sys.stderr, flush=True)
     started = time.perf_counter()
 
-    def load():
-        return load_causal_lm(weights, "fp32")
-
-    _, tokenizer = load()
+    model, tokenizer = load_causal_lm(weights, "fp32")
     data = build_task(task, tokenizer, args.seq_len, 1, train_rows=max(args.calibration, 64))
     priors = measure_priors(
         model_name=space.model, fingerprint=weights.fingerprint, task=task, granularity=space.granularity,
-        groups=groups, lowest=lowest, compute_dtype=dtype, load=load, data=data, calibration=args.calibration,
+        groups=groups, lowest=lowest, compute_dtype=dtype, model=model, data=data, calibration=args.calibration,
         cache=LayerCache(cache_root(), weights.fingerprint), demand_batches=args.demand_batches, seed=args.seed,
     )
     write_text(args.out, priors.to_json() + "\n")

@@ -83,8 +83,7 @@ def lora16_reference(memory: MemoryModel) -> int:
     """Peak of 16-bit LoRA r=16: block weights unquantized in the compute dtype."""
     from autoqra.space.search_space import uniform_plan
 
-    dtype = memory.setup.compute_dtype
-    fmt = QuantFormat(name=dtype, bits=32 if dtype == "fp32" else 16)
+    fmt = QuantFormat(name=memory.setup.compute_dtype)  # bits default to the dtype's width
     return memory.total(uniform_plan(memory.spec, fmt, REFERENCE_RANK))
 
 

@@ -121,7 +121,7 @@ class MemoryModel:
         self._logits = setup.tokens * spec.vocab_size * (self._a + 12)
         self._outside_blocks = setup.tokens * (
             4 * spec.hidden_size + 4  # final norm: fp32 input and rsqrt
-            + 8  # token ids kept by the embedding (int64)
+            + 8  # int64 labels kept by the loss
         ) + 2 * setup.seq_len * spec.head_dim * self._a  # rotary cos/sin, shared by all blocks
 
     # -- public -----------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class Evaluator:
             model.enable_input_require_grads()
         t2 = time.perf_counter()
 
-        eval_batch = max(1, fidelity.batch_size)
+        eval_batch = fidelity.batch_size
         model.eval()
         initial = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
         probe = (data.train_ids[:eval_batch], data.train_labels[:eval_batch])

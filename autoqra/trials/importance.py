@@ -19,7 +19,7 @@ from autoqra.domain import Plan, PlanGroup, QuantFormat
 from autoqra.priors.schema import GroupPrior, Priors
 from autoqra.trials.data import TaskData
 from autoqra.trials.layer_cache import LayerCache
-from autoqra.trials.lora import attach_lora
+from autoqra.trials.lora import attach_lora, init_default
 
 if TYPE_CHECKING:
     import torch
@@ -85,15 +85,12 @@ def demand(model: nn.Module, spec_groups: tuple[tuple[str, tuple[str, ...]], ...
     """Mean squared LoRA-gradient norm per group over ``batches`` training batches."""
     import torch
 
-    dtype_name = "fp32" if compute_dtype == "fp32" else compute_dtype
-    fmt = QuantFormat(name=dtype_name, bits=32 if dtype_name == "fp32" else 16)
+    fmt = QuantFormat(name=compute_dtype)  # LoRA on the unquantized layers; bits default to the dtype's width
     plan = Plan(model="priors", granularity="module", groups=tuple(
         PlanGroup(name=m, modules=(m,), format=fmt, rank=DEMAND_RANK) for _, names in spec_groups for m in names))
     for p in model.parameters():
         p.requires_grad_(False)
     peft_model = attach_lora(model, plan)
-    from autoqra.trials.lora import init_default
-
     init_default(peft_model, torch.Generator().manual_seed(seed))
     peft_model.train()
     owner = {m: name for name, names in spec_groups for m in names}
@@ -113,12 +110,11 @@ def demand(model: nn.Module, spec_groups: tuple[tuple[str, tuple[str, ...]], ...
 
 def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity: str,
                    groups: tuple[tuple[str, tuple[str, ...]], ...], lowest: QuantFormat, compute_dtype: str,
-                   load: Any, data: TaskData, calibration: int, cache: LayerCache, demand_batches: int = 4,
+                   model: nn.Module, data: TaskData, calibration: int, cache: LayerCache, demand_batches: int = 4,
                    seed: int = 0) -> Priors:
-    """Both scores for every group; ``load()`` returns a fresh unquantized (model, tokenizer) in fp32."""
+    """Both scores for every group of ``model`` (unquantized, fp32 as loaded; it is consumed)."""
     from autoqra.trials.quantize import torch_dtype
 
-    model, _ = load()
     modules = dict(model.named_modules())
     full_precision = {m: (modules[m].weight.detach().clone(),
                           None if modules[m].bias is None else modules[m].bias.detach().clone())
@@ -127,8 +123,7 @@ def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity:
     calib = data.train_ids[:calibration]
     sens = sensitivity(model, groups, lowest, compute_dtype, calib, cache, full_precision)
     del full_precision
-    model, _ = load()
-    model.to(torch_dtype(compute_dtype))
+    # sensitivity swapped every group back: the model is unquantized again, ready for the LoRA probe
     dem = demand(model, groups, compute_dtype, data, demand_batches, min(4, calibration), seed)
     return Priors(
         model=model_name, weights_fingerprint=fingerprint, task=task, granularity=granularity,  # type: ignore[arg-type]
