@@ -1,0 +1,1 @@
+"""The search: priors-driven warm start, multi-fidelity NSGA-II, trust-region Bayesian refinement."""

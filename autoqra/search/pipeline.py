@@ -1,0 +1,201 @@
+"""The one loop owner: stages ask, the executor runs, the store records, then the stage is told.
+
+``SearchPipeline.run`` walks the strategy's stages in order. Each ``ask`` is trimmed to the trial
+budget (in high-trial cost units, see :mod:`autoqra.search.settings`) and the time limit, run through
+the executor, and every result is written to the ledger (Optuna + JSONL) and the archive *before* the
+stage hears of it, so a crash loses at most the trials still running. Trial seeds derive from
+(run seed, plan hash, fidelity), so a retry or a resume reproduces a trial.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoqra.domain import Fidelity, Plan, derive_seed
+from autoqra.errors import AutoQRAError
+from autoqra.search.baselines import RandomStage, optuna_stage, sequential_stage, uniform_stage
+from autoqra.search.codec import SearchCodec
+from autoqra.search.evolution import EvolutionStage
+from autoqra.search.pareto import front_indices
+from autoqra.search.repair import Repairer
+from autoqra.search.settings import STRATEGIES, SearchPreset
+from autoqra.search.stage import HIGH_FIDELITY, LOW_FIDELITY, Archive, Ask, Evaluated, Stage, TrialRunner
+from autoqra.search.surrogate import PerformanceModel
+from autoqra.search.trust_region import TrustRegionStage
+from autoqra.search.utility import PriorUtility, flat_utility
+from autoqra.store.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str
+    preset: SearchPreset
+    budget_bytes: int
+    seed: int = 0
+    time_limit_s: float | None = None
+
+
+@dataclass
+class RunOutcome:
+    archive: Archive
+    chosen: Evaluated | None
+    front: list[Evaluated]
+    spent: float
+    elapsed_s: float
+    stopped_by: str
+    hv_history: list[float] = field(default_factory=list)
+    hv_reference: tuple[float, float] | None = None
+    spearman_low_high: float | None = None
+    promoted_pairs: int = 0
+
+    def count(self, fidelity: str) -> int:
+        return len(self.archive.at(fidelity))
+
+
+def fidelity_costs(fidelities: dict[str, Fidelity]) -> dict[str, float]:
+    """Cost of a trial per fidelity in high-trial units (training tokens relative to ``high``)."""
+    def tokens(f: Fidelity) -> int:
+        return f.steps * f.batch_size * f.seq_len * f.grad_accum
+
+    high = tokens(fidelities[HIGH_FIDELITY])
+    return {name: tokens(f) / high for name, f in fidelities.items()}
+
+
+def spearman_low_high(archive: Archive) -> tuple[float | None, int]:
+    """Spearman rank correlation between low and high results of plans run at both."""
+    from scipy.stats import spearmanr
+
+    pairs = []
+    for e in archive.at(HIGH_FIDELITY):
+        low = archive.objective_of(e.ask.genome, LOW_FIDELITY) if e.ask.genome is not None else None
+        if e.ok and low is not None and math.isfinite(low):
+            pairs.append((low, e.objective))
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+        return None, len(pairs)
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return float(rho), len(pairs)
+
+
+class SearchPipeline:
+    def __init__(self, *, codec: SearchCodec, utility: PriorUtility, runner: TrialRunner,
+                 fidelities: dict[str, Fidelity], config: RunConfig, ledger: Ledger | None = None,
+                 sensitivity: np.ndarray | None = None, log: Callable[[str], None] = lambda _: None) -> None:
+        if config.strategy not in STRATEGIES:
+            raise AutoQRAError(f"unknown strategy {config.strategy!r} (strategies: {', '.join(STRATEGIES)})")
+        for needed in (LOW_FIDELITY, HIGH_FIDELITY):
+            if needed not in fidelities:
+                raise AutoQRAError(f"the space must define the {needed!r} fidelity")
+        self.codec, self.utility, self.runner, self.fidelities = codec, utility, runner, fidelities
+        self.config, self.ledger, self.log = config, ledger, log
+        self.sensitivity = sensitivity if sensitivity is not None else np.ones(codec.n_groups)
+        self.costs = fidelity_costs(fidelities)
+        self.archive = Archive()
+        self.rng = np.random.default_rng(config.seed)
+        Repairer(codec, utility, config.budget_bytes).check_reachable()
+        self.stages = self._stages()
+
+    # -- strategies ---------------------------------------------------------------------------
+    def _stages(self) -> list[Stage]:
+        c, codec, budget = self.config, self.codec, self.config.budget_bytes
+        if c.strategy == "autoqra":
+            repairer = Repairer(codec, self.utility, budget)
+            model = PerformanceModel(codec, self.utility, budget, seed=c.seed)
+            evolution = EvolutionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
+                                       settings=c.preset.evolution, costs=self.costs,
+                                       allotment=c.preset.stage1_share * c.preset.max_cost, log=self.log)
+            region = TrustRegionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
+                                      batch_size=self.runner.workers, n_candidates=c.preset.tr_candidates, log=self.log)
+            return [evolution, region]
+        prior_free = Repairer(codec, flat_utility(codec), budget)
+        if c.strategy == "random":
+            return [RandomStage(codec, prior_free, self.archive, self.rng)]
+        if c.strategy == "uniform":
+            return [uniform_stage(codec, budget)]
+        if c.strategy == "sequential":
+            return [sequential_stage(codec, self.sensitivity, budget)]
+        return [optuna_stage(c.strategy, codec, prior_free, self.archive, c.seed, c.preset.evolution.population)]
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        c = self.config
+        started = time.perf_counter()
+        spent = 0.0
+        stopped_by = "strategy finished"
+        for stage in self.stages:
+            while not stage.done:
+                if c.time_limit_s is not None and time.perf_counter() - started >= c.time_limit_s:
+                    stopped_by = "time limit"
+                    break
+                asks = stage.ask(self.runner.workers)
+                if not asks:
+                    break
+                affordable: list[Ask] = []
+                planned = spent
+                for ask in asks:
+                    if planned + self.costs[ask.fidelity] <= c.preset.max_cost + 1e-9:
+                        affordable.append(ask)
+                        planned += self.costs[ask.fidelity]
+                if not affordable:
+                    stopped_by = "trial budget"
+                    break
+                spent = self._run_batch(stage, affordable, spent, started)
+                if len(affordable) < len(asks):
+                    stopped_by = "trial budget"
+                    break
+            if stopped_by != "strategy finished":
+                break
+        return self._outcome(spent, time.perf_counter() - started, stopped_by)
+
+    def _run_batch(self, stage: Stage, asks: list[Ask], spent: float, started: float) -> float:
+        requests = [(a.plan, a.fidelity, derive_seed(self.config.seed, a.plan.plan_hash, a.fidelity)) for a in asks]
+        told: list[Evaluated] = []
+        for index, result in self.runner.run(requests):
+            ask = asks[index]
+            peak = self.codec.peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
+            evaluated = Evaluated(ask=ask, result=result, peak_bytes=peak, stage=stage.name)
+            if self.ledger is not None:
+                self.ledger.record(result, peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity)
+            self.archive.add(evaluated)
+            told.append(evaluated)
+            spent += self.costs[ask.fidelity]
+            self._progress(evaluated, spent, time.perf_counter() - started)
+        stage.tell(told)
+        return spent
+
+    def _progress(self, e: Evaluated, spent: float, elapsed: float) -> None:
+        c = self.config
+        best = self.archive.best(HIGH_FIDELITY, c.budget_bytes)
+        outcome = f"{e.objective:.4f}" if e.ok else f"{e.result.status.value} ({e.result.error[:60]})"
+        best_text = (f"best high {best.objective:.4f} at {best.peak_bytes / 2**20:.1f} MiB "
+                     f"({100 * best.peak_bytes / c.budget_bytes:.1f}% of budget)" if best else "no high result yet")
+        wall = sum(e.result.phases.model_dump().values())
+        self.log(f"[{e.stage}] trial {len(self.archive.items)} {e.ask.fidelity:<4} {plan_brief(e.ask.plan)} "
+                 f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{c.preset.max_cost:g}, {elapsed:.0f} s")
+
+    def _outcome(self, spent: float, elapsed: float, stopped_by: str) -> RunOutcome:
+        budget = self.config.budget_bytes
+        highs = [e for e in self.archive.at(HIGH_FIDELITY) if e.ok and e.peak_bytes <= budget]
+        front = [highs[i] for i in front_indices([(e.objective, float(e.peak_bytes)) for e in highs])]
+        rho, pairs = spearman_low_high(self.archive)
+        evolution = next((s for s in self.stages if isinstance(s, EvolutionStage)), None)
+        return RunOutcome(archive=self.archive, chosen=self.archive.best(HIGH_FIDELITY, budget), front=front,
+                          spent=spent, elapsed_s=elapsed, stopped_by=stopped_by,
+                          hv_history=list(evolution.hv_history) if evolution else [],
+                          hv_reference=evolution.reference if evolution else None,
+                          spearman_low_high=rho, promoted_pairs=pairs)
+
+
+def plan_brief(plan: Plan) -> str:
+    """``3.6 bits, rank 7.5``: nominal bits and rank averaged over block linears, plus the hash prefix."""
+    bits = ranks = weight = 0.0
+    for group in plan.groups:
+        n = len(group.modules)
+        bits += group.format.bits * n
+        ranks += group.rank * n
+        weight += n
+    return f"{bits / weight:4.1f} bits, rank {ranks / weight:4.1f} [{plan.plan_hash[:8]}]"

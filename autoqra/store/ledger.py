@@ -1,0 +1,117 @@
+"""An Optuna study (SQLite in the run directory by default, any SQLAlchemy URL) plus a JSONL log.
+
+Each finished trial becomes one Optuna trial of a two-objective study (quality to maximise, the
+plan's predicted peak training bytes at the budget's setup to minimise). The plan is stored as
+categorical parameters, ``<group>.format`` and ``<group>.rank``; fidelity, status, stage, timings,
+seeds, predicted and measured memory, and the whole ``TrialResult`` JSON are user attributes, so
+``optuna-dashboard sqlite:///runs/NAME/trials.db`` opens a run and a resume can replay it. Failed
+trials (diverged, out of memory) are stored as ``FAIL`` with their error text.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoqra.domain import Plan, TrialResult, TrialStatus
+from autoqra.errors import AutoQRAError
+
+STUDY_NAME = "autoqra"
+METRIC_NAMES = ["quality", "peak_memory_bytes"]
+
+
+class StoreError(AutoQRAError):
+    """A storage URL or run directory that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    result: TrialResult
+    peak_bytes: int
+    stage: str
+    fidelity: str
+
+
+def sqlite_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'trials.db').resolve()}"
+
+
+class Ledger:
+    def __init__(self, storage_url: str, jsonl_path: Path | None, format_labels: tuple[str, ...],
+                 ranks: tuple[int, ...], study_name: str = STUDY_NAME) -> None:
+        import optuna
+        from optuna.distributions import CategoricalDistribution
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            self.study = optuna.create_study(storage=storage_url, study_name=study_name,
+                                             directions=["maximize", "minimize"], load_if_exists=True)
+        except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or unreadable file
+            raise StoreError(f"cannot open the trial store {storage_url}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+            self.study.set_metric_names(METRIC_NAMES)
+        self.storage_url = storage_url
+        self.jsonl_path = jsonl_path
+        self._format = CategoricalDistribution(list(format_labels))
+        self._rank = CategoricalDistribution(list(ranks))
+        self._labels = set(format_labels)
+        self._ranks = set(ranks)
+
+    def _params(self, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+        params: dict[str, Any] = {}
+        dists: dict[str, Any] = {}
+        for group in plan.groups:
+            label = group.format.label
+            if label not in self._labels or group.rank not in self._ranks:
+                raise StoreError(f"plan group {group.name}: {label} r={group.rank} is not among the store's choices")
+            params[f"{group.name}.format"], dists[f"{group.name}.format"] = label, self._format
+            params[f"{group.name}.rank"], dists[f"{group.name}.rank"] = group.rank, self._rank
+        return params, dists
+
+    def record(self, result: TrialResult, *, peak_bytes: int, stage: str, fidelity: str) -> int:
+        """Write one result (Optuna first, then the JSONL line); returns the Optuna trial number."""
+        import optuna
+        from optuna.trial import TrialState
+
+        params, dists = self._params(result.plan)
+        ok = result.status is TrialStatus.OK and result.objective is not None
+        attrs = {
+            "fidelity": fidelity, "status": result.status.value, "stage": stage, "plan_hash": result.plan.plan_hash,
+            "peak_bytes": peak_bytes, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
+            "measured_peak_bytes": result.measured_peak_bytes, "measured_static_bytes": result.measured_static_bytes,
+            "peak_rss_bytes": result.peak_rss_bytes, "metric_name": result.metric_name,
+            "eval_loss": result.metrics.eval_loss, "accuracy": result.metrics.accuracy, "seed": result.seed,
+            "seconds": result.phases.model_dump(), "device": result.device, "error": result.error,
+            "result": result.model_dump(mode="json"),
+        }
+        trial = optuna.trial.create_trial(
+            params=params, distributions=dists, user_attrs=attrs,
+            values=[float(result.objective), float(peak_bytes)] if ok else None,
+            state=TrialState.COMPLETE if ok else TrialState.FAIL,
+        )
+        self.study.add_trial(trial)
+        number = len(self.study.get_trials(deepcopy=False)) - 1
+        if self.jsonl_path is not None:
+            line = {"number": number, "stage": stage, "fidelity": fidelity, "peak_bytes": peak_bytes,
+                    "result": result.model_dump(mode="json")}
+            with self.jsonl_path.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        return number
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every recorded trial, in recording order (the replay a resume starts from)."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            if "result" not in attrs:
+                continue
+            out.append(LedgerEntry(result=TrialResult.model_validate_json(json.dumps(attrs["result"])),
+                                   peak_bytes=int(attrs["peak_bytes"]), stage=str(attrs["stage"]),
+                                   fidelity=str(attrs["fidelity"])))
+        return out
+
