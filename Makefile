@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.autoqra-installed
 BUDGET ?= qlora
+PRESET ?= quick
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup search estimate trial test bench clean
@@ -23,12 +24,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gensim==4.4.0
 	touch $(STAMP)
 
-# The main job on the embedded default model. Until the search lands (issue 4) it prints the model,
-# the memory breakdown of uniform 4-bit QLoRA and the resolved budget: make search BUDGET=16GB
+# The main job: the search on the embedded default model, task and space, preset quick, every trial
+# real (~14 min on a 2-core CPU). Another budget: make search BUDGET=16GB; more search: PRESET=standard
 search: $(STAMP)
-	$(PY) -m autoqra estimate --budget $(BUDGET)
+	$(PY) -m autoqra search --budget $(BUDGET) --preset $(PRESET)
 
-estimate: search
+# Memory breakdown of uniform 4-bit QLoRA on the default space and the resolved budget (no training).
+estimate: $(STAMP)
+	$(PY) -m autoqra estimate --budget $(BUDGET)
 
 # One real micro trial of uniform 4-bit QLoRA on the embedded model and the news task.
 trial: $(STAMP)
@@ -40,6 +43,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/estimate_speed.py
 	$(PY) experiments/trial_bench.py
+	$(PY) experiments/synthetic_strategies.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -82,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     pri.add_argument("--demand-batches", type=int, default=4, help="training batches for the demand (default 4)")
     pri.add_argument("--seed", type=int, default=0)
     pri.add_argument("--out", type=Path, default=Path("priors.json"), help="output file (default priors.json)")
+    srch = sub.add_parser(
+        "search",
+        help="search per-layer bits and LoRA ranks under a peak-training-memory budget (real trials)",
+        description="Priors, a multi-fidelity NSGA-II stage and a trust-region Bayesian stage, every candidate "
+        "trained for real; writes the run directory (plan, Pareto front, every trial in an Optuna study).",
+    )
+    srch.add_argument("--budget", required=True, help=BUDGET_HELP)
+    add_model_arguments(srch)
+    srch.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    srch.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"],
+                      help="search effort: population, promotions, trial budget, priors (default: quick)")
+    srch.add_argument("--strategy", default="autoqra",
+                      choices=["autoqra", "random", "uniform", "sequential", "optuna-nsga2", "optuna-tpe"],
+                      help="default: autoqra; the others are baselines on the same harness and trial budget")
+    srch.add_argument("--max-trials", type=float, help="trial budget in high-trial units (a low trial counts as its "
+                      "share of a high trial's training tokens); default: the preset's")
+    srch.add_argument("--time-limit", help="stop starting trials after this long, e.g. 30m, 1h, 90s")
+    srch.add_argument("--seed", type=int, default=0, help="run seed (default 0): the search and every trial seed")
+    srch.add_argument("--priors", type=Path, help="priors file from `autoqra priors` (default: measured once and cached)")
+    srch.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    srch.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
     return parser
 
 
@@ -96,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from autoqra.commands.trial import run_trial
 
             return run_trial(args)
+        if args.command == "search":
+            from autoqra.commands.search import run_search
+
+            return run_search(args)
         if args.command == "priors":
             from autoqra.commands.priors import run_priors
 

@@ -12,10 +12,7 @@ from autoqra.space.model_spec import model_spec
 
 
 def run_priors(args: argparse.Namespace) -> int:
-    from autoqra.trials.data import build_task
-    from autoqra.trials.importance import measure_priors
-    from autoqra.trials.layer_cache import LayerCache
-    from autoqra.trials.models import cache_root, load_causal_lm, resolve_weights
+    from autoqra.trials.importance import measure_space_priors
 
     if min(args.calibration, args.demand_batches) < 1 or args.seq_len < 8:
         raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")
@@ -25,20 +22,16 @@ def run_priors(args: argparse.Namespace) -> int:
     lowest = space.ladder(spec)[0]
     if not lowest.quantized:
         raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
-    weights = resolve_weights(space.model)
     groups = spec.groups(space.granularity)
     dtype = space.training.compute_dtype
     print(f"priors: model {space.model}, task {task}, {len(groups)} {space.granularity} groups, sensitivity at "
           f"{lowest.label} on {args.calibration} x {args.seq_len} tokens, demand over {args.demand_batches} batches, "
           f"{dtype}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-
-    model, tokenizer = load_causal_lm(weights, "fp32")
-    data = build_task(task, tokenizer, args.seq_len, 1, train_rows=max(args.calibration, 64))
-    priors = measure_priors(
-        model_name=space.model, fingerprint=weights.fingerprint, task=task, granularity=space.granularity,
-        groups=groups, lowest=lowest, compute_dtype=dtype, model=model, data=data, calibration=args.calibration,
-        cache=LayerCache(cache_root(), weights.fingerprint), demand_batches=args.demand_batches, seed=args.seed,
+    priors = measure_space_priors(
+        model=space.model, granularity=space.granularity, lowest=lowest, compute_dtype=dtype,
+        task=task, calibration=args.calibration, seq_len=args.seq_len, demand_batches=args.demand_batches,
+        seed=args.seed,
     )
     write_text(args.out, priors.to_json() + "\n")
     print(f"{'group':<40} {'sensitivity':>12} {'demand':>12}")

@@ -187,11 +187,12 @@ class EvolutionStage:
         keep = _nsga2_select(union, values, self.settings.population)
         self.population = [union[i] for i in keep]
         self._ranks = _front_ranks([values[i] for i in keep])
-        highs = [(e.objective, float(e.peak_bytes)) for e in self.archive.at(HIGH_FIDELITY)
+        # memory as a fraction of the budget, so the hypervolume reads in objective x budget units
+        highs = [(e.objective, e.peak_bytes / self.budget_bytes) for e in self.archive.at(HIGH_FIDELITY)
                  if e.ok and e.peak_bytes <= self.budget_bytes]
-        if highs and self.reference is None:
+        if highs and self.reference is None:  # fixed once, at the first generation with high results
             worst = min(q for q, _ in highs)
-            self.reference = (worst - 0.05 * abs(worst) - 1e-9, float(self.budget_bytes))
+            self.reference = (worst - 0.05 * abs(worst) - 1e-9, 1.0)
         if self.reference is not None:
             self.hv_history.append(hypervolume(highs, self.reference))
         best = max((q for q, _ in highs), default=float("nan"))

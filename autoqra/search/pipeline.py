@@ -198,4 +198,4 @@ def plan_brief(plan: Plan) -> str:
         bits += group.format.bits * n
         ranks += group.rank * n
         weight += n
-    return f"{bits / weight:4.1f} bits, rank {ranks / weight:4.1f} [{plan.plan_hash[:8]}]"
+    return f"{bits / weight:.1f} bits, rank {ranks / weight:.1f} [{plan.plan_hash[:8]}]"

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from autoqra.domain import Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
 from autoqra.search.codec import Genome, SearchCodec
+from autoqra.search.utility import PriorUtility
 
 BASE = 1.0
 LORA_FIX = 0.6
@@ -100,3 +102,47 @@ def exact_optimum(codec: SearchCodec, table: np.ndarray, budget_bytes: int) -> t
     if codec.peak_bytes(best_genome) > budget_bytes:
         raise ValueError("memory is not additive on this space; exact_optimum does not apply")
     return best + BASE, best_genome
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticProblem:
+    codec: SearchCodec
+    budget_bytes: int
+    evaluator: SyntheticEvaluator
+    optimum: float
+    optimum_genome: Genome
+    utility: PriorUtility
+
+
+def tiny_problem(blocks: int = 8, budget_position: float = 0.45, seed: int = 123,
+                 prior_noise: float = 0.5) -> SyntheticProblem:
+    """A tiny Llama-shaped model (built from a config, no weights), 4 HQQ formats x ranks {0,4,8,16}
+    per block, the budget at ``budget_position`` of the reachable range, and priors that are the true
+    sensitivities and demands times log-normal noise (informative but imperfect, as measured ones are).
+    """
+    from transformers import LlamaConfig
+
+    from autoqra.search.utility import utility_from_scores
+    from autoqra.space.model_spec import spec_from_config
+    from autoqra.space.search_space import SearchSpace
+
+    config = LlamaConfig(hidden_size=128, num_attention_heads=4, num_hidden_layers=blocks, vocab_size=512,
+                         intermediate_size=384, num_key_value_heads=2, head_dim=32)
+    spec = spec_from_config(config, "tiny-llama")
+    fidelity = {"batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    space = SearchSpace.model_validate({
+        "name": "synthetic", "model": "tiny-llama", "granularity": "block",
+        "choices": {"formats": tuple({"name": "hqq", "bits": b, "group_size": 64} for b in (2, 3, 4, 8)),
+                    "ranks": (0, 4, 8, 16)},
+        "training": {"batch_size": 2, "seq_len": 32, "compute_dtype": "bf16"},
+        "fidelities": {"low": {"name": "low", "steps": 5, **fidelity}, "high": {"name": "high", "steps": 20, **fidelity}},
+    })
+    codec = SearchCodec(spec, space)
+    budget = int(codec.min_bytes + budget_position * (codec.max_bytes - codec.min_bytes))
+    rng = np.random.default_rng(seed)
+    sens, dem = rng.lognormal(0, 1.0, codec.n_groups), rng.lognormal(0, 0.5, codec.n_groups)
+    evaluator = SyntheticEvaluator(codec, sens, dem)
+    optimum, genome = exact_optimum(codec, evaluator.table, budget)
+    utility = utility_from_scores(codec, sens * rng.lognormal(0, prior_noise, codec.n_groups),
+                                  dem * rng.lognormal(0, prior_noise, codec.n_groups))
+    return SyntheticProblem(codec, budget, evaluator, optimum, genome, utility)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import Plan, PlanGroup, QuantFormat
@@ -130,3 +131,62 @@ def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity:
         lowest_format=lowest.label, calibration_sequences=int(calib.shape[0]), seq_len=int(calib.shape[1]),
         groups=tuple(GroupPrior(name=n, modules=m, sensitivity=sens[n], demand=dem[n]) for n, m in groups),
     )
+
+
+def measure_space_priors(*, model: str, granularity: str, lowest: QuantFormat, compute_dtype: str,
+                         task: str, calibration: int, seq_len: int, demand_batches: int, seed: int) -> Priors:
+    """Load the model once and measure both priors for every group of the given granularity."""
+    from autoqra.space.model_spec import model_spec
+    from autoqra.trials.data import build_task
+    from autoqra.trials.models import cache_root, load_causal_lm, resolve_weights
+
+    spec = model_spec(model)
+    weights = resolve_weights(model)
+    net, tokenizer = load_causal_lm(weights, "fp32")
+    data = build_task(task, tokenizer, seq_len, 1, train_rows=max(calibration, 64))
+    return measure_priors(
+        model_name=model, fingerprint=weights.fingerprint, task=task, granularity=granularity,
+        groups=spec.groups(granularity), lowest=lowest, compute_dtype=compute_dtype, model=net, data=data,
+        calibration=calibration, cache=LayerCache(cache_root(), weights.fingerprint), demand_batches=demand_batches,
+        seed=seed,
+    )
+
+
+def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, compute_dtype: str,
+                        task: str, calibration: int, seq_len: int, demand_batches: int, seed: int,
+                        log: Any = None) -> tuple[Priors, Path, bool]:
+    """The priors from the user cache when measured before with these settings, else measured and cached.
+
+    Returns (priors, cache file, whether it came from the cache). A cached file of another schema or
+    for other weights is an error, never silently replaced or read as zeros.
+    """
+    import hashlib
+
+    from autoqra.priors.schema import PriorsError
+    from autoqra.space.model_spec import model_spec
+    from autoqra.trials.models import cache_root, resolve_weights
+
+    weights = resolve_weights(model)
+    groups = model_spec(model).groups(granularity)
+    key = hashlib.sha256(f"{weights.fingerprint}|{task}|{granularity}|{lowest.label}|{compute_dtype}|{calibration}|"
+                         f"{seq_len}|{demand_batches}|{seed}".encode()).hexdigest()[:20]
+    path = cache_root() / "priors" / f"{key}.json"
+    if path.is_file():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PriorsError(f"cannot read cached priors {path}: {exc}") from None
+        priors = Priors.from_json(text, source=str(path))
+        priors.check_matches(groups, weights.fingerprint, str(path))
+        return priors, path, True
+    if log is not None:
+        log(f"priors: measuring ({calibration} calibration sequences x {seq_len} tokens at {lowest.label}, "
+            f"demand over {demand_batches} batches); cached in {path}")
+    priors = measure_space_priors(model=model, granularity=granularity, lowest=lowest,
+                                  compute_dtype=compute_dtype, task=task, calibration=calibration, seq_len=seq_len,
+                                  demand_batches=demand_batches, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(priors.to_json() + "\n")
+    tmp.replace(path)
+    return priors, path, False

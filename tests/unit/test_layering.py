@@ -1,10 +1,11 @@
-"""Imports flow one way: errors <- domain <- space <- priors <- trials <- commands <- cli (DESIGN.md §2)."""
+"""Imports flow one way (DESIGN.md §2):
+errors <- domain <- space <- priors <- store <- search <- trials <- executors <- report <- commands <- cli."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "autoqra"
-LAYERS = ["errors", "domain", "space", "priors", "trials", "commands", "cli"]
+LAYERS = ["errors", "domain", "space", "priors", "store", "search", "trials", "executors", "report", "commands", "cli"]
 
 
 def layer_of(module: str) -> int | None:

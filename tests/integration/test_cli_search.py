@@ -1,0 +1,124 @@
+"""`autoqra search` as a user runs it: real trials on the embedded model (tiny fidelities)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoqra.domain import Plan
+from autoqra.space.budget import parse_budget, resolve
+from autoqra.space.memory import MemoryModel
+from autoqra.space.model_spec import model_spec
+from autoqra.space.search_space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
+
+
+@pytest.fixture(scope="module")
+def small_space(tmp_path_factory):
+    """The default space with fidelities small enough for a test (a few seconds a trial)."""
+    data = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    data["name"] = "default-test"
+    data["fidelities"]["low"] = {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    data["fidelities"]["high"] = {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    path = tmp_path_factory.mktemp("space") / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def search(env, *args):
+    return subprocess.run([sys.executable, "-m", "autoqra", "search", *args], capture_output=True, text=True,
+                          env=env, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def autoqra_run(env, small_space, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r1"
+    # low costs 0.5 of a high trial: generation 0 = 6 low + 3 high (cost 6), then 3 trust-region highs
+    proc = search(env, "--budget", "qlora", "--space", str(small_space), "--max-trials", "9", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out
+
+
+def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
+    import optuna
+
+    proc, out = autoqra_run
+    for name in ("plan.json", "front.json", "summary.json", "settings.json", "priors.json", "trials.db",
+                 "trials.jsonl"):
+        assert (out / name).is_file(), name
+    # settings and progress are printed, the report ends with the plan and the front
+    assert "budget    qlora = peak of uniform NF4-DQ QLoRA" in proc.stderr and "strategy  autoqra" in proc.stderr
+    assert "[nsga2] trial 1 low" in proc.stderr and "[trust-region]" in proc.stderr
+    assert "chosen plan: objective" in proc.stdout and "Pareto front" in proc.stdout
+
+    space = load_space(str(small_space))
+    spec = model_spec(space.model)
+    memory = MemoryModel(spec, space.setup)
+    budget = resolve(parse_budget("qlora"), memory).bytes
+    plan = Plan.from_json((out / "plan.json").read_text())
+    assert memory.total(plan) <= budget  # the chosen plan fits
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == {"low": 6, "high": 6} and summary["cost_spent_high_units"] == pytest.approx(9)
+    assert summary["chosen"]["plan_hash"] == plan.plan_hash and summary["promoted_pairs"] == 3
+
+    study = optuna.load_study(study_name="autoqra", storage=f"sqlite:///{out / 'trials.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 12
+    highs = [t for t in trials if t.user_attrs["fidelity"] == "high" and t.values is not None]
+    best = max(highs, key=lambda t: (t.values[0], -t.values[1]))
+    assert best.user_attrs["plan_hash"] == plan.plan_hash
+    for t in trials:  # every trial was a real training run
+        result = t.user_attrs["result"]
+        assert result["device"] == "cpu" and len(result["train_losses"]) == result["fidelity"]["steps"]
+        assert t.user_attrs["peak_bytes"] <= budget and t.values[1] == t.user_attrs["peak_bytes"]
+        assert result["metrics"]["eval_loss"] == pytest.approx(-t.values[0])
+    front = json.loads((out / "front.json").read_text())
+    assert front and all(p["peak_bytes"] <= budget for p in front)
+
+
+def test_existing_run_directory_is_refused_and_left_alone(env, autoqra_run):
+    _, out = autoqra_run
+    before = (out / "trials.db").stat()
+    proc = search(env, "--budget", "qlora", "--out", str(out))
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    after = (out / "trials.db").stat()
+    assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+
+
+def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_path):
+    proc = search(env, "--budget", "16GB", "--space", str(small_space), "--strategy", "uniform", "--max-trials", "1",
+                  "--out", str(tmp_path / "u"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "every plan of the space fits this budget" in proc.stderr
+    summary = json.loads((tmp_path / "u" / "summary.json").read_text())
+    assert summary["trials"] == {"low": 0, "high": 1}
+    # the uniform baseline starts with the QLoRA reference (NF4 double-quant r=16), trained for real
+    assert Plan.from_json((tmp_path / "u" / "plan.json").read_text()).groups[0].format.label == "nf4-dq"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--budget", "12XB"), "budget '12XB': unknown unit"),
+    (("--budget", "1MB"), "smallest reachable peak is"),
+    (("--budget", "qlora", "--time-limit", "5x"), "--time-limit '5x' is not understood"),
+    (("--budget", "qlora", "--max-trials", "0"), "--max-trials must be > 0"),
+    (("--budget", "qlora", "--space", "nope.yaml"), "neither a file nor a preset"),
+])
+def test_bad_search_input_is_one_line(env, tmp_path, args, needle):
+    proc = search(env, *args, "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad" / "trials.db").exists()

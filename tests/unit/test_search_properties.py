@@ -1,0 +1,167 @@
+"""Property tests: repair, operators, hypervolume and the trust-region rules (hypothesis)."""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoqra.errors import InfeasibleBudget
+from autoqra.search.operators import coupled_mutation, crossover, importance_mutation, jitter
+from autoqra.search.pareto import dominates, front_indices, hypervolume
+from autoqra.search.repair import Repairer
+from autoqra.search.trust_region import TrustRegionState, perturb, update_state
+from autoqra.search.utility import flat_utility, utility_from_scores
+from tests.search_kit import tiny_codec
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@lru_cache(maxsize=None)
+def codec_for(kind: str):
+    if kind == "block":
+        return tiny_codec(layers=4)
+    if kind == "module":  # memory not additive over groups: roles inside a block interact
+        return tiny_codec(layers=2, granularity="module", ranks=(0, 8))
+    return tiny_codec(layers=4, checkpointing=True)  # max over blocks: not additive either
+
+
+KINDS = st.sampled_from(["block", "module", "checkpointing"])
+
+
+def genomes(codec, seed):
+    return codec.random(np.random.default_rng(seed))
+
+
+def valid(codec, genome):
+    return len(genome) == codec.n_groups and all(0 <= f < codec.n_formats and 0 <= r < codec.n_ranks
+                                                 for f, r in genome)
+
+
+@SETTINGS
+@given(kind=KINDS, seed=st.integers(0, 2**32 - 1), where=st.floats(-0.2, 1.2), informative=st.booleans())
+def test_repair_ends_feasible_or_raises_with_the_minimum(kind, seed, where, informative):
+    codec = codec_for(kind)
+    rng = np.random.default_rng(seed)
+    utility = (utility_from_scores(codec, rng.lognormal(size=codec.n_groups), rng.lognormal(size=codec.n_groups))
+               if informative else flat_utility(codec))
+    budget = int(codec.min_bytes + where * (codec.max_bytes - codec.min_bytes))
+    repairer = Repairer(codec, utility, budget)
+    genome = codec.random(rng)
+    try:
+        repaired = repairer.repair(genome)
+    except InfeasibleBudget as exc:
+        assert budget < codec.min_bytes and exc.minimum_bytes == codec.min_bytes
+        assert f"{codec.min_bytes:,}" in str(exc)
+        return
+    assert valid(codec, repaired)
+    assert codec.peak_bytes(repaired) <= budget
+    if codec.peak_bytes(genome) <= budget:
+        assert repaired == genome  # a plan that fits is left alone
+    filled = repairer.fill(repaired)
+    assert codec.peak_bytes(filled) <= budget and utility.of(filled) >= utility.of(repaired) - 1e-12
+
+
+def test_min_bytes_is_the_true_minimum_by_brute_force():
+    for codec in (tiny_codec(layers=2), tiny_codec(layers=2, checkpointing=True)):
+        options = list(codec.options())
+        brute = min(codec.peak_bytes(g) for g in itertools.product(options, repeat=codec.n_groups))
+        assert codec.min_bytes == brute
+
+
+def test_cheapest_option_is_not_always_the_lowest_format():
+    """bf16 r=0 keeps no input for backward, HQQ does: on activation-bound setups it can be cheaper."""
+    codec = tiny_codec(layers=4)
+    assert codec.peak_bytes(codec.cheapest_genome) <= codec.peak_bytes(codec.uniform(0, 0))
+
+
+@SETTINGS
+@given(kind=KINDS, seed=st.integers(0, 2**32 - 1))
+def test_operators_keep_genomes_valid_and_repaired_ones_feasible(kind, seed):
+    codec = codec_for(kind)
+    rng = np.random.default_rng(seed)
+    importance = rng.lognormal(size=codec.n_groups)
+    importance = importance / importance.mean()
+    a, b = codec.random(rng), codec.random(rng)
+    c1, c2 = crossover(a, b, rng)
+    for g in range(codec.n_groups):  # per-group atomic: each child gene comes whole from a parent
+        assert {c1[g], c2[g]} == {a[g], b[g]}
+    assert valid(codec, importance_mutation(a, importance, rng, codec))
+    assert valid(codec, jitter(a, rng, codec))
+    assert valid(codec, perturb(a, 0.3, codec, rng))
+    budget = int(codec.min_bytes + 0.5 * (codec.max_bytes - codec.min_bytes))
+    repairer = Repairer(codec, utility_from_scores(codec, importance, importance), budget)
+    coupled = coupled_mutation(repairer.repair(a), importance, rng, repairer)
+    assert valid(codec, coupled) and codec.peak_bytes(coupled) <= budget
+
+
+def test_importance_mutation_moves_important_groups_up_more_often():
+    codec = tiny_codec(layers=4)
+    importance = np.array([3.0, 1.0, 1.0, 1.0 / 3.0]) / (16 / 12)
+    rng = np.random.default_rng(0)
+    middle = codec.uniform(2, 1)
+    ups = np.zeros(4)
+    downs = np.zeros(4)
+    for _ in range(2000):
+        child = importance_mutation(middle, importance, rng, codec, rate=0.5)
+        for g, (gene, old) in enumerate(zip(child, middle, strict=True)):
+            ups[g] += gene > old
+            downs[g] += gene < old
+    assert ups[0] / max(downs[0], 1) > 2 and downs[3] / max(ups[3], 1) > 2
+
+
+def brute_force_area(points, reference):
+    """Union of the dominated rectangles, by coordinate compression."""
+    q_ref, m_ref = reference
+    pts = [(q, m) for q, m in points if q > q_ref and m < m_ref]
+    qs = sorted({q_ref, *[q for q, _ in pts]})
+    ms = sorted({m_ref, *[m for _, m in pts]})
+    area = 0.0
+    for (q0, q1), (m0, m1) in itertools.product(zip(qs, qs[1:]), zip(ms, ms[1:])):
+        if any(q >= q1 and m <= m0 for q, m in pts):
+            area += (q1 - q0) * (m1 - m0)
+    return area
+
+
+POINT = st.tuples(st.floats(-5, 5, allow_nan=False), st.floats(0, 10, allow_nan=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(points=st.lists(POINT, max_size=25), reference=POINT)
+def test_hypervolume_equals_brute_force(points, reference):
+    assert hypervolume(points, reference) == pytest.approx(brute_force_area(points, reference), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(points=st.lists(POINT, min_size=1, max_size=25))
+def test_front_is_exactly_the_non_dominated_set(points):
+    front = front_indices(points)
+    for i in front:
+        assert not any(dominates(points[j], points[i]) for j in range(len(points)))
+    for i in set(range(len(points))) - set(front):
+        assert any(dominates(points[j], points[i]) or points[j] == points[i] for j in front)
+
+
+def test_hypervolume_known_values():
+    assert hypervolume([(1.0, 1.0), (2.0, 1.5)], (0.0, 2.0)) == pytest.approx(1.5)
+    assert hypervolume([(-1.0, 1.0)], (0.0, 2.0)) == 0.0  # worse than the reference adds nothing
+
+
+def test_trust_region_expands_shrinks_and_restarts():
+    state = TrustRegionState(length=0.4)
+    for _ in range(3):
+        state = update_state(state, improved=True)
+    assert state.length == pytest.approx(0.8) and state.success_count == 0
+    state = update_state(state, improved=True)
+    state = update_state(state, improved=False)  # a failure resets the success streak
+    assert state.success_count == 0 and state.failure_count == 1
+    for _ in range(2):
+        state = update_state(state, improved=False)
+    assert state.length == pytest.approx(0.4)
+    while not state.restart:
+        state = update_state(state, improved=False)
+    assert state.length < state.length_min
