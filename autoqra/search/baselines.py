@@ -71,8 +71,9 @@ def _genome_or_none(codec: SearchCodec, plan: Plan) -> Genome | None:
 
 def sequential_stage(codec: SearchCodec, sensitivity: np.ndarray, budget_bytes: int) -> ListStage:
     """Bits from sensitivity alone, then one uniform rank; one plan per rank that fits."""
-    bits_only = utility_from_scores(codec, sensitivity, np.zeros(codec.n_groups) + 1e-12)
-    # forbid rank moves: a utility table that is flat in rank makes repair/fill move formats only
+    bits_only = utility_from_scores(codec, sensitivity, np.ones(codec.n_groups))
+    # the rank-0 slice is -e(f), sensitivity alone; repeated over ranks it makes the utility flat in
+    # rank, so repair and fill move formats only (quantize first, adapters are not considered)
     table = np.repeat(bits_only.table[:, :, :1], codec.n_ranks, axis=2)
     utility = PriorUtility(table=table, importance=bits_only.importance, informative=True)
     asks: list[Ask] = []
