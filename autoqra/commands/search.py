@@ -8,11 +8,22 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoqra.commands.common import space_for
 from autoqra.errors import AutoQRAError
 from autoqra.space.budget import format_bytes, parse_budget, resolve
-from autoqra.space.model_spec import model_spec
+from autoqra.space.model_spec import ModelSpec, model_spec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from autoqra.priors.schema import Priors
+    from autoqra.search.codec import SearchCodec
+    from autoqra.search.settings import SearchPreset
+    from autoqra.search.utility import PriorUtility
+    from autoqra.space.search_space import SearchSpace
+    from autoqra.trials.evaluator import Evaluator
 
 
 def _log(message: str) -> None:
@@ -98,7 +109,8 @@ def run_search(args: argparse.Namespace) -> int:
                    run_dir)
 
 
-def _priors(args: argparse.Namespace, space, spec, task: str, chosen_preset):  # noqa: ANN001, ANN202
+def _priors(args: argparse.Namespace, space: SearchSpace, spec: ModelSpec, task: str,
+            chosen_preset: SearchPreset) -> Priors:
     from autoqra.priors.schema import Priors, PriorsError
     from autoqra.trials.importance import cached_space_priors
     from autoqra.trials.models import resolve_weights
@@ -128,7 +140,7 @@ def _priors(args: argparse.Namespace, space, spec, task: str, chosen_preset):  #
     return priors
 
 
-def _evaluator(args: argparse.Namespace, space, task: str):  # noqa: ANN001, ANN202
+def _evaluator(args: argparse.Namespace, space: SearchSpace, task: str) -> tuple[Evaluator, str, bool]:
     import torch
 
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
@@ -144,8 +156,9 @@ def _evaluator(args: argparse.Namespace, space, task: str):  # noqa: ANN001, ANN
     return Evaluator(config), device, checkpointing
 
 
-def _search(args, codec, utility, sensitivity, evaluator, space, budget_bytes, chosen_preset, time_limit,  # noqa: ANN001, PLR0913
-            run_dir: Path) -> int:
+def _search(args: argparse.Namespace, codec: SearchCodec, utility: PriorUtility, sensitivity: np.ndarray | None,
+            evaluator: Evaluator, space: SearchSpace, budget_bytes: int, chosen_preset: SearchPreset,
+            time_limit: float | None, run_dir: Path) -> int:
     from autoqra.executors.inline import InlineExecutor
     from autoqra.report.run_files import report_lines, write_run_files
     from autoqra.search.baselines import QLORA_FORMAT

@@ -7,7 +7,7 @@ import sys
 
 from autoqra.commands.common import format_summary, plan_from_args, space_for, write_text
 from autoqra.domain import TrialResult, TrialStatus, derive_seed
-from autoqra.errors import AutoQRAError
+from autoqra.errors import AutoQRAError, PlanError
 from autoqra.space.budget import format_bytes
 from autoqra.space.model_spec import model_spec
 
@@ -21,6 +21,8 @@ def run_trial(args: argparse.Namespace) -> int:
     if args.fidelity not in space.fidelities:
         raise AutoQRAError(f"space {space.name} has no fidelity {args.fidelity!r} (has {', '.join(space.fidelities)})")
     fidelity = space.fidelities[args.fidelity]
+    if not any(group.rank > 0 for group in plan.groups):
+        raise PlanError("plan gives every module rank 0: there is nothing to train")
     training = space.training
     config = EvaluatorConfig(
         model=space.model, task=args.task or space.task, compute_dtype=training.compute_dtype, device=args.device,

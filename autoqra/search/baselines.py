@@ -78,6 +78,8 @@ def sequential_stage(codec: SearchCodec, sensitivity: np.ndarray, budget_bytes: 
     utility = PriorUtility(table=table, importance=bits_only.importance, informative=True)
     asks: list[Ask] = []
     for r in reversed(range(codec.n_ranks)):
+        if codec.ranks[r] == 0:
+            continue  # quantize-then-LoRA needs LoRA
         repairer = Repairer(codec, utility, budget_bytes)
         lowest = tuple((0, r) for _ in range(codec.n_groups))
         if not repairer.fits(lowest):

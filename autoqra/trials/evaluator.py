@@ -89,6 +89,10 @@ class Evaluator:
         setup = TrainingSetup(batch_size=fidelity.batch_size, seq_len=fidelity.seq_len,
                               grad_checkpointing=cfg.grad_checkpointing, compute_dtype=cfg.compute_dtype)
         predicted = MemoryModel(self.spec, setup).total(plan)
+        if not any(group.rank > 0 for group in plan.groups):
+            # a valid plan of any space with rank 0 among its choices, but not a fine-tuning run: the
+            # search records it as a failed trial instead of stopping
+            return self._untrainable(plan, fidelity, seed, predicted)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
@@ -150,6 +154,15 @@ class Evaluator:
         )
 
     # -- parts -------------------------------------------------------------------------------
+    def _untrainable(self, plan: Plan, fidelity: Fidelity, seed: int, predicted: int) -> TrialResult:
+        return TrialResult(
+            plan=plan, fidelity=fidelity, task=self.config.task, seed=seed, status=TrialStatus.FAILED, objective=None,
+            metric_name="eval_loss", metrics=TrialMetrics(), train_losses=(), predicted_peak_bytes=predicted,
+            measured_peak_bytes=None, measured_static_bytes=0, peak_rss_bytes=None, device=self.device,
+            phases=PhaseSeconds(), versions=self._versions,
+            error="every group has rank 0: the plan has no LoRA adapter to train",
+        )
+
     def _load(self) -> tuple[Any, Any]:
         if self._loader is not None:
             return self._loader()

@@ -145,3 +145,13 @@ def test_trials_reproduce_from_their_seed(tokenizer):
     c = evaluator.evaluate(plan, FID, seed=22)
     assert a.train_losses == b.train_losses and a.metrics == b.metrics
     assert c.train_losses != a.train_losses
+
+
+def test_plan_without_adapters_is_a_failed_result_not_an_exception(tokenizer):
+    load, spec = loader_for("llama", tokenizer)
+    evaluator = Evaluator(EvaluatorConfig(model="tiny-llama"), model_loader=load)
+    plan = Plan(model=spec.name, granularity="block", groups=tuple(
+        PlanGroup(name=name, modules=modules, format=QuantFormat(name="hqq", bits=4), rank=0)
+        for name, modules in spec.block_groups()))
+    result = evaluator.evaluate(plan, FID, seed=0)
+    assert result.status is TrialStatus.FAILED and result.objective is None and "no LoRA adapter" in result.error
