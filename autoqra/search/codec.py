@@ -28,14 +28,6 @@ Gene = tuple[int, int]
 Genome = tuple[Gene, ...]
 
 
-@dataclass(frozen=True)
-class Option:
-    """One (format, rank) choice of a group, by ladder index."""
-
-    format_index: int
-    rank_index: int
-
-
 @dataclass(eq=False)
 class SearchCodec:
     """Encodes and decodes plans of one model and space; owns the exact memory model."""

@@ -79,7 +79,8 @@ def _front_ranks(values: Sequence[tuple[float, float]]) -> list[int]:
         layer = [i for i in remaining if values[i] in front_values]
         for i in layer:
             ranks[i] = level
-        remaining = [i for i in remaining if i not in set(layer)]
+        taken = set(layer)
+        remaining = [i for i in remaining if i not in taken]
         level += 1
     return ranks
 

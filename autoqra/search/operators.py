@@ -63,41 +63,7 @@ def coupled_mutation(genome: Genome, importance: np.ndarray, rng: np.random.Gene
     g = int(rng.choice(len(genome), p=p))
     raised = list(genome)
     raised[g] = _step(raised[g], True, codec, rng)
-    candidate = tuple(raised)
-    if repairer.fits(candidate):
-        return candidate
-    # keep the raised group fixed while the others pay: repair with that group's cheaper options barred
-    return _repair_keeping(candidate, g, repairer)
-
-
-def _repair_keeping(genome: Genome, keep: int, repairer: Repairer) -> Genome:
-    codec = repairer.codec
-    others = genome[:keep] + genome[keep + 1:]
-    if not others:
-        return repairer.repair(genome)
-    # evaluate the raised group's extra cost against a budget reduced by it, on the other groups
-    fixed = genome[keep]
-    repaired = repairer.repair(genome)
-    if repaired[keep] == fixed:
-        return repaired
-    # the greedy chose to lower the raised group itself; lower the others instead while they can pay
-    current = list(genome)
-    order = np.argsort(repairer.utility.importance)  # least important first
-    for g in order:
-        g = int(g)
-        if g == keep:
-            continue
-        while not repairer.fits(tuple(current)):
-            f, r = current[g]
-            if r > 0:
-                current[g] = (f, r - 1)
-            elif f > 0:
-                current[g] = (f - 1, r)
-            else:
-                break
-        if repairer.fits(tuple(current)):
-            return tuple(current)
-    return repaired
+    return repairer.repair(tuple(raised), keep=g)
 
 
 def jitter(genome: Genome, rng: np.random.Generator, codec: SearchCodec, rate: float = 0.2) -> Genome:

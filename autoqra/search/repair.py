@@ -44,8 +44,12 @@ class Repairer:
         if self.codec.min_bytes > self.budget_bytes:
             raise infeasible_error(self.codec, self.budget_bytes)
 
-    def repair(self, genome: Genome) -> Genome:
-        """A feasible genome close to ``genome`` (``genome`` itself when it fits)."""
+    def repair(self, genome: Genome, keep: int | None = None) -> Genome:
+        """A feasible genome close to ``genome`` (``genome`` itself when it fits).
+
+        With ``keep``, that group's option is left alone while the others pay; if they cannot, the
+        group is repaired too.
+        """
         codec = self.codec
         if self.fits(genome):
             return genome
@@ -58,14 +62,18 @@ class Repairer:
             saved = cost[groups, f, r][:, None, None] - cost
             loss = util[groups, f, r][:, None, None] - util
             score = np.where(saved > 0, loss / np.where(saved > 0, saved, 1.0), np.inf)
+            if keep is not None:
+                score[keep] = np.inf
             best = int(np.argmin(score))
             if not np.isfinite(score.flat[best]):
-                break  # every group at its cheapest option by the table
+                break  # every (movable) group at its cheapest option by the table
             g, rest = divmod(best, codec.n_formats * codec.n_ranks)
             current[g] = divmod(rest, codec.n_ranks)
             current = [(int(a), int(b)) for a, b in current]
             if self.fits(tuple(current)):
                 return tuple(current)
+        if keep is not None:
+            return self.repair(genome)  # the other groups alone cannot pay for the kept one
         # Only where the memory model is not additive over groups can the table's cheapest corner
         # still exceed the budget; the exact minimum (reachable, checked above) always fits.
         return codec.cheapest_genome

@@ -61,6 +61,7 @@ class Ledger:
         self._rank = CategoricalDistribution(list(ranks))
         self._labels = set(format_labels)
         self._ranks = set(ranks)
+        self._count = len(self.study.get_trials(deepcopy=False))  # trials recorded so far (one read at open)
 
     def _params(self, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
         params: dict[str, Any] = {}
@@ -95,7 +96,8 @@ class Ledger:
             state=TrialState.COMPLETE if ok else TrialState.FAIL,
         )
         self.study.add_trial(trial)
-        number = len(self.study.get_trials(deepcopy=False)) - 1
+        number = self._count
+        self._count += 1
         if self.jsonl_path is not None:
             line = {"number": number, "stage": stage, "fidelity": fidelity, "peak_bytes": peak_bytes,
                     "result": result.model_dump(mode="json")}

@@ -62,6 +62,12 @@ def test_repair_ends_feasible_or_raises_with_the_minimum(kind, seed, where, info
     assert codec.peak_bytes(repaired) <= budget
     if codec.peak_bytes(genome) <= budget:
         assert repaired == genome  # a plan that fits is left alone
+    keep = int(rng.integers(codec.n_groups))
+    kept = repairer.repair(genome, keep=keep)
+    assert codec.peak_bytes(kept) <= budget
+    others_cheapest = tuple(genome[g] if g == keep else codec.cheapest_genome[g] for g in range(codec.n_groups))
+    if kind == "block" and codec.peak_bytes(others_cheapest) <= budget:
+        assert kept[keep] == genome[keep]  # the others paid for the kept group
     filled = repairer.fill(repaired)
     assert codec.peak_bytes(filled) <= budget and utility.of(filled) >= utility.of(repaired) - 1e-12
 
