@@ -2,7 +2,7 @@
 
 Used to check the memory model's static part against reality. Backends keep tensors outside
 ``parameters()``/``buffers()`` (HQQ's ``meta`` dict of scales and zeros, bitsandbytes' quant_state
-absmax and code tables, int8 row scales), so those are walked explicitly.
+absmax and code tables, int8 row scales); each backend lists its own (``extra_tensors``).
 """
 
 from __future__ import annotations
@@ -45,28 +45,11 @@ class _Counter:
 
 
 def _backend_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Tensors a quantized layer keeps outside parameters() and buffers()."""
-    import torch
+    """Tensors a quantized layer keeps outside parameters() and buffers(), as its backend lists them."""
+    from autoqra.trials.backends import backend_of
 
-    found: list[torch.Tensor] = []
-    meta = getattr(module, "meta", None)
-    if isinstance(meta, dict):  # HQQLinear: scales/zeros in meta, bias as a plain tensor attribute
-        found += [v for v in meta.values() if isinstance(v, torch.Tensor)]
-        bias = getattr(module, "bias", None)
-        if isinstance(bias, torch.Tensor):
-            found.append(bias)
-    weight = getattr(module, "weight", None)
-    state = getattr(weight, "quant_state", None)
-    while state is not None:  # bitsandbytes Params4bit (and its nested double-quant state)
-        found += [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
-        state = getattr(state, "state2", None)
-    int8_state = getattr(module, "state", None)  # bitsandbytes Linear8bitLt moves SCB here on first forward
-    for holder in (weight, int8_state):
-        for attr in ("SCB", "CB"):
-            value = getattr(holder, attr, None)
-            if isinstance(value, torch.Tensor):
-                found.append(value)
-    return found
+    backend = backend_of(module)
+    return backend.extra_tensors(module) if backend is not None else []
 
 
 def measure_footprint(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Footprint:

@@ -4,11 +4,14 @@ HQQ's optimiser makes quantization the slow part of building a trial model (~12 
 model's 210 linears on CPU); every later trial that uses the same layer in the same format reuses
 it. Entries live in memory for the process and on disk (safetensors, one file a layer) under
 ``<cache>/qlayers/<weights fingerprint>/``, so later runs and other worker processes reuse them too.
-Entries are written to a temporary name and renamed, so a crash never leaves a torn file.
+Entries are written to a temporary name and renamed, so a crash never leaves a torn file. Each
+backend saves and restores its own layers (``state``/``restore``); backends that are not
+``cacheable`` (dense layers) are built afresh every time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -16,13 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoqra.domain import QuantFormat
-from autoqra.trials.quantize import quantize_linear, torch_dtype
+from autoqra.trials.backends import backend_for, build_layer
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_LOG = logging.getLogger(__name__)
+
+_Key = tuple[str, QuantFormat, str]
 
 
 class LayerCache:
@@ -30,35 +36,38 @@ class LayerCache:
 
     def __init__(self, root: Path | None, fingerprint: str) -> None:
         self.folder = root / "qlayers" / fingerprint if root is not None else None
-        self._memory: dict[tuple[str, QuantFormat, str], dict[str, torch.Tensor]] = {}
+        self._memory: dict[_Key, dict[str, torch.Tensor]] = {}
         self.hits = 0
         self.misses = 0
 
     def layer(self, name: str, linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, device: str) -> nn.Module:
-        """The quantized module for ``linear`` (reused when cached); unquantized formats are not cached."""
-        if not fmt.quantized:
-            return quantize_linear(linear, fmt, compute_dtype, device)
+        """The quantized module for ``linear`` (reused when cached); non-cacheable formats are built afresh."""
+        backend = backend_for(fmt)
+        if not backend.cacheable:
+            return build_layer(linear, fmt, compute_dtype, device)
         key = (name, fmt, compute_dtype)
         state = self._memory.get(key)
         if state is None:
             state = self._read(key)
         if state is not None:
             self.hits += 1
-            return _from_state(state, fmt, linear.in_features, linear.out_features, compute_dtype, device)
+            # restore may keep or modify what it is given: the stored entry must outlive this layer
+            copies = {k: v.clone() for k, v in state.items()}
+            return backend.restore(copies, fmt, linear.in_features, linear.out_features, compute_dtype, device)
         self.misses += 1
-        layer = quantize_linear(linear, fmt, compute_dtype, device)
-        state = _to_state(layer, fmt)
+        layer = build_layer(linear, fmt, compute_dtype, device)
+        state = backend.state(layer)
         self._memory[key] = state
         self._write(key, state)
         return layer
 
-    def _path(self, key: tuple[str, QuantFormat, str]) -> Path | None:
+    def _path(self, key: _Key) -> Path | None:
         if self.folder is None:
             return None
         name, fmt, dtype = key
         return self.folder / _SAFE.sub("_", f"{name}.{fmt.label}.{dtype}.safetensors")
 
-    def _read(self, key: tuple[str, QuantFormat, str]) -> dict[str, torch.Tensor] | None:
+    def _read(self, key: _Key) -> dict[str, torch.Tensor] | None:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
@@ -68,12 +77,12 @@ class LayerCache:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError) as exc:  # a damaged entry is rebuilt, not trusted
-            print(f"autoqra: ignoring unreadable cache entry {path.name}: {exc}")
+            _LOG.warning("ignoring unreadable cache entry %s: %s", path.name, exc)
             return None
         self._memory[key] = state
         return state
 
-    def _write(self, key: tuple[str, QuantFormat, str], state: dict[str, torch.Tensor]) -> None:
+    def _write(self, key: _Key, state: dict[str, torch.Tensor]) -> None:
         path = self._path(key)
         if path is None:
             return
@@ -83,57 +92,8 @@ class LayerCache:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         os.close(fd)
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def _to_state(layer: nn.Module, fmt: QuantFormat) -> dict[str, torch.Tensor]:
-    """All tensors needed to rebuild ``layer`` (CPU copies, safetensors-compatible)."""
-    if fmt.name == "hqq":
-        return {k: v.detach().cpu().clone() for k, v in layer.state_dict().items()}
-    state = {"weight": layer.weight.data.detach().cpu().clone()}
-    if layer.bias is not None:
-        state["bias"] = layer.bias.data.detach().cpu().clone()
-    if fmt.name == "nf4":
-        state.update({k: v.cpu().clone() for k, v in layer.weight.quant_state.as_dict(packed=True).items()})
-    else:  # int8
-        state["SCB"] = layer.weight.SCB.detach().cpu().clone()
-    return state
-
-
-def _from_state(state: dict[str, torch.Tensor], fmt: QuantFormat, in_features: int, out_features: int,
-                compute_dtype: str, device: str) -> nn.Module:
-    import torch
-
-    dtype = torch_dtype(compute_dtype)
-    tensors = {k: v.clone() for k, v in state.items()}
-    if fmt.name == "hqq":
-        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-
-        config = BaseQuantizeConfig(nbits=fmt.bits, group_size=fmt.group_size, axis=1)
-        layer = HQQLinear(None, config, compute_dtype=dtype, device=device, initialize=False)
-        layer.load_state_dict(tensors)
-        layer.W_q.requires_grad_(False)
-        return layer
-    import bitsandbytes as bnb
-
-    weight = tensors.pop("weight")
-    bias = tensors.pop("bias", None)
-    if fmt.name == "nf4":
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=dtype,
-                                  quant_type="nf4", compress_statistics=fmt.double_quant, device="meta")
-        layer.weight = bnb.nn.Params4bit.from_prequantized(data=weight, quantized_stats=tensors,
-                                                           requires_grad=False, device=device)
-        layer.support_avx512bf16_for_cpu = False  # see quantize.py: the CPU inference repack cuts gradients
-    else:
-        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
-                                    device="meta")
-        layer.weight = bnb.nn.Int8Params(weight.to(device), requires_grad=False, has_fp16_weights=False)
-        layer.weight.SCB = tensors["SCB"].to(device)
-        layer.weight.CB = layer.weight.data
-    if bias is not None:
-        layer.bias = torch.nn.Parameter(bias.to(device), requires_grad=False)
-    return layer

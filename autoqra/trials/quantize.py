@@ -1,8 +1,8 @@
 """Replace a model's block linears by real quantized layers, one backend per format.
 
-HQQ (``hqq``) and bitsandbytes (``nf4``, ``int8``) are the backends; PEFT recognises both layer
-classes and wraps them with its own LoRA layers. Unquantized formats keep ``nn.Linear`` in that
-dtype, which must be the compute dtype (a mixed-dtype matmul would fail at the first forward).
+The layers themselves come from ``autoqra.trials.backends`` (HQQ, bitsandbytes NF4 and int8, dense);
+this module applies a plan to a model: block linears through the backends (or the layer cache),
+everything else cast to the compute dtype, and the flags PEFT reads to pick its LoRA classes.
 """
 
 from __future__ import annotations
@@ -10,82 +10,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autoqra.domain import Plan, QuantFormat
-from autoqra.errors import FormatError, PlanError
-from autoqra.space.formats import check_storable
+from autoqra.errors import PlanError
+from autoqra.trials.backends import BACKENDS, TORCH_DTYPES, build_layer, torch_dtype
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from autoqra.trials.layer_cache import LayerCache
 
-TORCH_DTYPES = ("fp32", "bf16", "fp16")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+__all__ = ["TORCH_DTYPES", "quantize_linear", "quantize_model", "torch_dtype"]
 
 
 def quantize_linear(linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, device: str) -> nn.Module:
     """A frozen module storing ``linear``'s weight in ``fmt`` through the real backend."""
-    import torch
-
-    check_storable(fmt, linear.out_features, linear.in_features)
-    dtype = torch_dtype(compute_dtype)
-    weight = linear.weight.data
-    bias = linear.bias.data if linear.bias is not None else None
-    if fmt.name == "hqq":
-        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-
-        config = BaseQuantizeConfig(nbits=fmt.bits, group_size=fmt.group_size, axis=1)
-        layer = HQQLinear(linear, config, compute_dtype=dtype, device=device, del_orig=True)
-        layer.W_q.requires_grad_(False)
-        return layer
-    if fmt.name == "nf4":
-        import bitsandbytes as bnb
-
-        layer = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
-            bias=bias is not None,
-            compute_dtype=dtype,
-            quant_type="nf4",
-            compress_statistics=fmt.double_quant,
-            device="meta",
-        )
-        layer.weight = bnb.nn.Params4bit(
-            weight.to(torch.float32),
-            requires_grad=False,
-            quant_type="nf4",
-            compress_statistics=fmt.double_quant,
-            blocksize=fmt.group_size,
-        )
-        if bias is not None:
-            layer.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
-        layer = layer.to(device)
-        # bitsandbytes 0.50 on AVX512-BF16 CPUs repacks the weight into an inference layout on the
-        # first no-grad forward, after which no gradient flows through the layer (DESIGN.md §5).
-        layer.support_avx512bf16_for_cpu = False
-        return layer
-    if fmt.name == "int8":
-        import bitsandbytes as bnb
-
-        layer = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=bias is not None, has_fp16_weights=False, device="meta"
-        )
-        layer.weight = bnb.nn.Int8Params(weight.to(torch.float32), requires_grad=False, has_fp16_weights=False)
-        if bias is not None:
-            layer.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
-        return layer.to(device)
-    if fmt.name != compute_dtype:
-        raise FormatError(
-            f"unquantized format {fmt.name} differs from the compute dtype {compute_dtype}; "
-            f"use {compute_dtype} for layers kept in full precision"
-        )
-    linear.to(device=device, dtype=dtype).requires_grad_(False)
-    return linear
+    return build_layer(linear, fmt, compute_dtype, device)
 
 
 def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str = "cpu",
@@ -121,6 +59,7 @@ def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str
             module._buffers[bname] = buf.to(device)  # keeps its dtype (rotary inv_freq stays fp32)
     formats = {fmt.name for fmt, _ in choices.values()}
     # PEFT dispatches to its bitsandbytes LoRA classes only when the model carries these flags.
-    model.is_loaded_in_4bit = "nf4" in formats
-    model.is_loaded_in_8bit = "int8" in formats
+    for backend in BACKENDS:
+        if backend.peft_flag is not None:
+            setattr(model, backend.peft_flag, not formats.isdisjoint(backend.names))
     return model
