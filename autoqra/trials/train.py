@@ -1,6 +1,7 @@
-"""The training loop of a trial: AdamW on the adapters, warm-up + cosine schedule, gradient
-accumulation, clipping, seeded batches; NaN or exploding loss ends it as ``diverged``, running out of
-memory as ``oom`` (results, not exceptions)."""
+"""The training loop of a trial: AdamW on the adapters (torch's, or bitsandbytes' 8-bit and paged
+8-bit AdamW when the space's ``training.optimizer`` says so, exactly as the memory model prices them),
+warm-up + cosine schedule, gradient accumulation, clipping, seeded batches; NaN or exploding loss ends
+it as ``diverged``, running out of memory as ``oom`` (results, not exceptions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import TrialStatus
+from autoqra.space.memory import OptimizerName
 from autoqra.trials.data import IGNORE, TaskData, first_integer
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    optimizer: OptimizerName = "adamw"
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,28 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def make_optimizer(name: OptimizerName, params: list[torch.nn.Parameter], learning_rate: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """torch AdamW, or bitsandbytes' block-wise 8-bit AdamW / its paged variant (both run on CPU too).
+
+    bitsandbytes keeps float32 states for tensors under 4096 elements and uint8 states with a float32
+    absmax per 256 elements above, which is what ``space/memory.py`` counts for these names.
+    """
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    import bitsandbytes as bnb
+
+    cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[name]
+    return cls(params, lr=learning_rate, weight_decay=weight_decay)
+
+
 def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, device: str) -> TrainOutcome:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, params, config.learning_rate, config.weight_decay)
     warmup = max(1, int(config.warmup_ratio * config.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, config.steps, warmup))
     generator = torch.Generator().manual_seed(seed)

@@ -1,5 +1,7 @@
 """A tiny model quantized with a mixed plan through the real backends, wrapped by PEFT, stepped once
-by AdamW: its resident bytes equal the memory model's static prediction within 0.5%."""
+by each optimizer a space can name (torch AdamW, bitsandbytes 8-bit and paged 8-bit AdamW, built by
+the trial code): its resident bytes equal the memory model's static prediction, the optimizer states
+exactly."""
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from autoqra.space.model_spec import spec_from_config
 from autoqra.trials.footprint import measure_footprint
 from autoqra.trials.lora import attach_lora
 from autoqra.trials.quantize import quantize_model
+from autoqra.trials.train import make_optimizer
 from tests.conftest import tiny_config
 
 MIXED = [
@@ -39,7 +42,7 @@ def build_and_step(config, plan: Plan, compute: str, optimizer_name: str = "adam
     quantize_model(model, plan, compute)
     model = attach_lora(model, plan)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer = make_optimizer(optimizer_name, params, 1e-3, 0.0)
     ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     model.train()
     loss = model(input_ids=ids, labels=ids).loss
@@ -50,10 +53,29 @@ def build_and_step(config, plan: Plan, compute: str, optimizer_name: str = "adam
 
 @pytest.mark.parametrize("compute", ["fp32", "bf16"])
 def test_static_bytes_match_prediction(family, compute):
+    check_static_bytes(family, compute, "adamw")
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw8bit", "paged_adamw8bit"])
+def test_8bit_optimizer_states_match_prediction(optimizer_name):
+    check_static_bytes("llama", "bf16", optimizer_name)
+
+
+def test_8bit_optimizer_keeps_8bit_states_for_large_adapters():
+    """The mixed plan has adapters above and below bitsandbytes' 4096-element threshold: both kinds of
+    state are exercised (uint8 codes with absmax, and fp32 for the small ones)."""
+    config = tiny_config("llama")
+    spec = spec_from_config(config, "llama")
+    _, optimizer, _ = build_and_step(config, mixed_plan(spec, "bf16"), "bf16", "adamw8bit")
+    dtypes = {state["state1"].dtype for state in optimizer.state.values()}
+    assert dtypes == {torch.uint8, torch.float32}
+
+
+def check_static_bytes(family: str, compute: str, optimizer_name: str) -> None:
     config = tiny_config(family)
     spec = spec_from_config(config, family)
     plan = mixed_plan(spec, compute)
-    model, optimizer, loss = build_and_step(config, plan, compute)
+    model, optimizer, loss = build_and_step(config, plan, compute, optimizer_name)
     assert torch.isfinite(loss)
     # only the adapters train: every parameter that received a gradient is a LoRA weight, and every
     # LoRA weight received one (rank-0 modules have none)
@@ -64,7 +86,7 @@ def test_static_bytes_match_prediction(family, compute):
     assert_backend_classes(model, plan)
 
     measured = measure_footprint(model, optimizer)
-    predicted = MemoryModel(spec, TrainingSetup(compute_dtype=compute)).estimate(plan)
+    predicted = MemoryModel(spec, TrainingSetup(compute_dtype=compute, optimizer=optimizer_name)).estimate(plan)
 
     # adapters and their gradients, exactly
     assert measured.trainable_bytes == predicted.lora_params
