@@ -9,7 +9,7 @@ errors with one clear line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,8 +19,11 @@ from autoqra.space.formats import DTYPE_BYTES, check_storable, weight_storage_by
 from autoqra.space.memory import OPTIMIZERS, TrainingSetup
 from autoqra.space.model_spec import ModelSpec
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 SPACE_VERSION = 1
-PRESET_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+PRESET_PACKAGE = "autoqra.search_spaces"  # the top-level search_spaces/ folder, shipped as package data
 DEFAULT_PRESET = "default"
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -135,25 +138,32 @@ class SearchSpace(BaseModel):
         return self.model_copy(update={"model": model})
 
 
+def _presets() -> Traversable:
+    from importlib.resources import files
+
+    return files(PRESET_PACKAGE)
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_space(ref: str | Path = DEFAULT_PRESET) -> SearchSpace:
-    """Load a space from a YAML path or a preset name in ``search_spaces/``."""
+    """Load a space from a YAML path or a preset name (a file of the package ``autoqra.search_spaces``)."""
     path = Path(ref).expanduser()
+    source: Path | Traversable = path
     if not path.is_file():
-        preset = PRESET_DIR / f"{ref}.yaml"
+        preset = _presets() / f"{ref}.yaml"
         if str(ref).endswith((".yaml", ".yml")) or "/" in str(ref) or not preset.is_file():
             raise SpaceError(
                 f"search space {str(ref)!r} is neither a file nor a preset (presets: {', '.join(preset_names())})"
             )
-        path = preset
+        source = preset
     try:
-        text = path.read_text()
+        text = source.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpaceError(f"{path}: cannot read ({exc})") from None
-    return parse_space(text, source=str(path))
+        raise SpaceError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_space(text, source=str(source))
 
 
 def parse_space(text: str, source: str = "space") -> SearchSpace:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -5,7 +7,9 @@ from hypothesis import strategies as st
 
 from autoqra.errors import SpaceError
 from autoqra.space.model_spec import model_spec
-from autoqra.space.search_space import PRESET_DIR, load_space, parse_space, preset_names
+from autoqra.space.search_space import load_space, parse_space, preset_names
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_presets_load_and_fit_their_models():
@@ -31,7 +35,7 @@ def test_default_space_ladder_orders_by_bytes():
 
 
 def base():
-    return yaml.safe_load((PRESET_DIR / "default.yaml").read_text())
+    return yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
 
 
 @pytest.mark.parametrize("mutate, message", [
