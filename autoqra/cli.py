@@ -7,6 +7,7 @@ user can cause print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +28,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes: how much it says on stderr (results always go to stdout)."""
+    common = argparse.ArgumentParser(add_help=False)
+    talk = common.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="also debug messages and library warnings")
+    talk.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="autoqra",
         description="Search per-layer quantization bits and LoRA ranks under a peak-training-memory budget.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = _common()
+    _add_estimate(sub, common)
+    _add_trial(sub, common)
+    _add_priors(sub, common)
+    _add_search(sub, common)
+    return parser
 
+
+def _add_estimate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     est = sub.add_parser(
-        "estimate",
+        "estimate", parents=[common],
         help="parameter counts and peak-training-memory breakdown of a plan",
         description="Predict the peak training memory of a plan (or a uniform format and rank) from "
         "the model's config alone. Sizes are binary: GiB = 2^30 bytes.",
@@ -51,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--save-plan", type=Path, help="write the evaluated plan as JSON to this path")
     est.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
+
+def _add_trial(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     trial = sub.add_parser(
-        "trial",
+        "trial", parents=[common],
         help="train and evaluate one plan for real (quantized base + LoRA) at a fidelity",
         description="Build the model with the plan's formats (HQQ / bitsandbytes) and LoRA ranks (PEFT), "
-        "train the adapters at the chosen fidelity and evaluate on the task's held-out split.",
+        "train the adapters at the chosen fidelity with the space's optimizer and evaluate on the task's "
+        "held-out split.",
     )
     add_plan_arguments(trial)
     trial.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
@@ -67,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     trial.add_argument("--grad-checkpointing", action="store_true")
     trial.add_argument("--out", type=Path, help="also write the TrialResult JSON to this path")
-    trial.add_argument("--json", action="store_true", help="print the TrialResult as JSON")
+    trial.add_argument("--json", action="store_true", help="print the TrialResult as JSON (stdout carries only it)")
 
+
+def _add_priors(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     pri = sub.add_parser(
-        "priors",
+        "priors", parents=[common],
         help="measure per-group quantization sensitivity and adaptation demand (the search's priors)",
         description="Sensitivity: KL divergence between the unquantized model's outputs and those with only "
         "one group at the space's lowest format. Demand: mean squared LoRA gradient norm per group.",
@@ -82,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     pri.add_argument("--demand-batches", type=int, default=4, help="training batches for the demand (default 4)")
     pri.add_argument("--seed", type=int, default=0)
     pri.add_argument("--out", type=Path, default=Path("priors.json"), help="output file (default priors.json)")
+
+
+def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     srch = sub.add_parser(
-        "search",
+        "search", parents=[common],
         help="search per-layer bits and LoRA ranks under a peak-training-memory budget (real trials)",
         description="Priors, a multi-fidelity NSGA-II stage and a trust-region Bayesian stage, every candidate "
         "trained for real; writes the run directory (plan, Pareto front, every trial in an Optuna study).",
@@ -103,28 +129,54 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--priors", type=Path, help="priors file from `autoqra priors` (default: measured once and cached)")
     srch.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     srch.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
-    return parser
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """The one ``autoqra`` logger: plain messages on stderr (progress, settings); stdout is for results."""
+    logger = logging.getLogger("autoqra")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def quiet_libraries(command: str, verbose: bool) -> None:
+    """Third-party verbosity, set once here at the CLI edge (library code never changes it)."""
+    if verbose:
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar per trial would drown the search's own progress
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if command == "search":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     try:
+        quiet_libraries(args.command, args.verbose)
         if args.command == "estimate":
             from autoqra.commands.estimate import run_estimate
 
             return run_estimate(args)
         if args.command == "trial":
-            from autoqra.commands.trial import run_trial
+            from autoqra.commands.trial import run_trial_command
 
-            return run_trial(args)
+            return run_trial_command(args)
         if args.command == "search":
-            from autoqra.commands.search import run_search
+            from autoqra.commands.search import run_search_command
 
-            return run_search(args)
+            return run_search_command(args)
         if args.command == "priors":
-            from autoqra.commands.priors import run_priors
+            from autoqra.commands.priors import run_priors_command
 
-            return run_priors(args)
+            return run_priors_command(args)
         raise AssertionError(f"unhandled command {args.command}")
     except AutoQRAError as exc:
         print(f"autoqra: error: {exc.message}", file=sys.stderr)

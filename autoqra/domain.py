@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autoqra.errors import PlanError
 
 PLAN_VERSION = 1
+NO_ADAPTER_MESSAGE = "plan gives every module rank 0: it has no LoRA adapter, nothing to train"
 
 FormatName = Literal["hqq", "nf4", "int8", "bf16", "fp16", "fp32"]
 
@@ -168,6 +169,16 @@ class Plan(BaseModel):
     def module_choices(self) -> dict[str, tuple[QuantFormat, int]]:
         """Exact module name -> (format, rank)."""
         return {m: (g.format, g.rank) for g in self.groups for m in g.modules}
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether some group has a LoRA adapter (rank > 0): a plan without one has nothing to train."""
+        return any(group.rank > 0 for group in self.groups)
+
+    def check_trainable(self) -> None:
+        """Raise PlanError unless the plan has at least one adapter to train."""
+        if not self.has_adapters:
+            raise PlanError(NO_ADAPTER_MESSAGE)
 
 
 def lists_to_tuples(data: Any) -> Any:

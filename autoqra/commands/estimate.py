@@ -7,12 +7,14 @@ import dataclasses
 import json
 from typing import Any
 
-from autoqra.commands.common import format_counts, format_summary, plan_from_args, space_for, write_text
+from autoqra.commands.common import plan_choice, write_text
 from autoqra.domain import Plan
-from autoqra.space.budget import format_bytes, parse_budget, resolve
+from autoqra.service.requests import check_output_file, resolve_space
+from autoqra.service.trial import plan_counts, plan_summary
+from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
 from autoqra.space.formats import DTYPE_BYTES, weight_storage_bytes
 from autoqra.space.memory import MemoryBreakdown, MemoryModel, TrainingSetup
-from autoqra.space.model_spec import ModelSpec, model_spec
+from autoqra.space.model_spec import ModelSpec
 from autoqra.space.search_space import SearchSpace
 
 _ROWS = (
@@ -29,39 +31,26 @@ _ROWS = (
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    space = space_for(args)
-    spec = model_spec(space.model)
+    space, spec = resolve_space(args.space, args.model)
     setup = _setup(space, args)
-    plan, plan_source = plan_from_args(args, space, spec)
-    spec.check_plan(plan)
+    plan, plan_source = plan_choice(args).resolve(space, spec)
     memory = MemoryModel(spec, setup)
     breakdown = memory.estimate(plan)
-    budget = resolve(parse_budget(args.budget), memory) if args.budget else None
-    bits = stored_bits_per_weight(plan, spec, setup)
+    # an empty --budget '' is a bad budget, not a missing one
+    budget = resolve(parse_budget(args.budget), memory) if args.budget is not None else None
     if args.save_plan:
+        check_output_file(args.save_plan, "--save-plan")
         write_text(args.save_plan, plan.to_json() + "\n")
-
+    bits = stored_bits_per_weight(plan, spec, setup)
     if args.json:
-        out: dict[str, Any] = {
-            "model": spec.to_dict(),
-            "space": space.name,
-            "training": dataclasses.asdict(setup),
-            "plan": {"source": plan_source, "hash": plan.plan_hash, "groups": len(plan.groups),
-                     "stored_bits_per_weight": round(bits, 4), "formats": format_counts(plan)},
-            "memory": breakdown.as_dict(),
-        }
-        if budget is not None:
-            out["budget"] = {"text": budget.budget.text, "kind": budget.budget.kind, "bytes": budget.bytes,
-                             "fits": breakdown.total <= budget.bytes, "explanation": budget.explanation}
-        print(json.dumps(out, indent=2))
+        _print_json(space, spec, setup, plan, plan_source, bits, breakdown, budget)
         return 0
-
     _print_model(spec)
     print(f"space       {space.name}; granularity {space.granularity}")
     ckpt = "with" if setup.grad_checkpointing else "without"
     print(f"training    batch {setup.batch_size} x seq {setup.seq_len}, {setup.compute_dtype} compute, "
           f"{setup.optimizer}, {ckpt} gradient checkpointing")
-    print(f"plan        {plan_source}; {len(plan.groups)} groups; {format_summary(plan)}")
+    print(f"plan        {plan_source}; {len(plan.groups)} groups; {plan_summary(plan)}")
     print(f"            {bits:.2f} stored bits per block weight (metadata included); hash {plan.plan_hash}")
     print()
     _print_breakdown(breakdown)
@@ -73,6 +62,22 @@ def run_estimate(args: argparse.Namespace) -> int:
         print(f"            plan {verdict}: uses {breakdown.total / budget.bytes:.1%} of the budget "
               f"({format_bytes(abs(slack))} {'left' if slack >= 0 else 'over'})")
     return 0
+
+
+def _print_json(space: SearchSpace, spec: ModelSpec, setup: TrainingSetup, plan: Plan, plan_source: str, bits: float,
+                breakdown: MemoryBreakdown, budget: ResolvedBudget | None) -> None:
+    out: dict[str, Any] = {
+        "model": spec.to_dict(),
+        "space": space.name,
+        "training": dataclasses.asdict(setup),
+        "plan": {"source": plan_source, "hash": plan.plan_hash, "groups": len(plan.groups),
+                 "stored_bits_per_weight": round(bits, 4), "formats": plan_counts(plan)},
+        "memory": breakdown.as_dict(),
+    }
+    if budget is not None:
+        out["budget"] = {"text": budget.budget.text, "kind": budget.budget.kind, "bytes": budget.bytes,
+                         "fits": breakdown.total <= budget.bytes, "explanation": budget.explanation}
+    print(json.dumps(out, indent=2))
 
 
 def stored_bits_per_weight(plan: Plan, spec: ModelSpec, setup: TrainingSetup) -> float:
@@ -95,9 +100,6 @@ def _setup(space: SearchSpace, args: argparse.Namespace) -> TrainingSetup:
         "compute_dtype": args.compute_dtype,
     }
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-
 
 
 def _print_model(spec: ModelSpec) -> None:

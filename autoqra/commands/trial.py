@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from autoqra.commands.common import format_summary, plan_from_args, space_for, write_text
-from autoqra.domain import TrialResult, TrialStatus, derive_seed
-from autoqra.errors import AutoQRAError, PlanError
+from autoqra.commands.common import plan_choice
+from autoqra.domain import TrialResult, TrialStatus
+from autoqra.service.requests import TrialRequest
+from autoqra.service.trial import prepare_trial, run_trial
 from autoqra.space.budget import format_bytes
-from autoqra.space.model_spec import model_spec
 
 
-def run_trial(args: argparse.Namespace) -> int:
-    from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
-
-    space = space_for(args)
-    spec = model_spec(space.model)
-    plan, plan_source = plan_from_args(args, space, spec)
-    if args.fidelity not in space.fidelities:
-        raise AutoQRAError(f"space {space.name} has no fidelity {args.fidelity!r} (has {', '.join(space.fidelities)})")
-    fidelity = space.fidelities[args.fidelity]
-    if not any(group.rank > 0 for group in plan.groups):
-        raise PlanError("plan gives every module rank 0: there is nothing to train")
-    training = space.training
-    config = EvaluatorConfig(
-        model=space.model, task=args.task or space.task, compute_dtype=training.compute_dtype, device=args.device,
-        learning_rate=training.learning_rate, warmup_ratio=training.warmup_ratio,
-        alpha_ratio=training.lora_alpha_ratio, init=args.init, grad_checkpointing=args.grad_checkpointing,
-    )
-    seed = derive_seed(args.seed, plan.plan_hash, fidelity.name)
-    log = sys.stderr
-    print(f"trial: model {space.model}, task {config.task}, fidelity {fidelity.name} ({fidelity.steps} steps x "
-          f"batch {fidelity.batch_size} x seq {fidelity.seq_len}, {fidelity.eval_examples} eval examples), "
-          f"{training.compute_dtype}, init {args.init}, seed {seed}", file=log, flush=True)
-    print(f"plan: {plan_source}; {format_summary(plan)}", file=log, flush=True)
-    evaluator = Evaluator(config)
-    result = evaluator.evaluate(plan, fidelity, seed)
-    if args.out:
-        write_text(args.out, result.to_json() + "\n")
+def run_trial_command(args: argparse.Namespace) -> int:
+    request = TrialRequest(plan=plan_choice(args), model=args.model, space=args.space, task=args.task,
+                           fidelity=args.fidelity, init=args.init, seed=args.seed, device=args.device,
+                           grad_checkpointing=args.grad_checkpointing, out=args.out)
+    result = run_trial(prepare_trial(request))  # every bad input fails in prepare, before any output
     if args.json:
         print(result.to_json())
     else:

@@ -66,9 +66,11 @@ class Priors(BaseModel):
         except ValidationError as exc:
             raise PriorsError(f"{source}: {first_error(exc)}") from None
 
-    def check_matches(self, groups: tuple[tuple[str, tuple[str, ...]], ...], fingerprint: str, source: str) -> None:
-        """Raise PriorsError unless these priors were measured for exactly these groups and weights."""
-        if fingerprint != self.weights_fingerprint:
+    def check_matches(self, groups: tuple[tuple[str, tuple[str, ...]], ...], fingerprint: str | None,
+                      source: str) -> None:
+        """Raise PriorsError unless these priors were measured for exactly these groups and weights
+        (``fingerprint`` None: the groups only, before the weights are resolved)."""
+        if fingerprint is not None and fingerprint != self.weights_fingerprint:
             raise PriorsError(f"{source}: measured on other weights ({self.weights_fingerprint}, now {fingerprint})")
         mine = tuple((g.name, g.modules) for g in self.groups)
         if mine != tuple(groups):

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from autoqra.domain import Plan
-from autoqra.search.codec import SearchCodec
 from autoqra.search.pipeline import RunOutcome, plan_brief
 from autoqra.search.stage import HIGH_FIDELITY, LOW_FIDELITY, Evaluated
 from autoqra.space.budget import format_bytes
@@ -23,8 +22,8 @@ def _point(e: Evaluated, budget_bytes: int) -> dict[str, Any]:
     r = e.result
     return {
         "plan_hash": e.ask.plan.plan_hash, "objective": e.objective, "metric_name": r.metric_name,
-        "eval_loss": r.metrics.eval_loss, "accuracy": r.metrics.accuracy, "peak_bytes": e.peak_bytes,
-        "budget_fraction": e.peak_bytes / budget_bytes, "stage": e.stage, "brief": plan_brief(e.ask.plan),
+        "eval_loss": r.metrics.eval_loss, "accuracy": r.metrics.accuracy, "predicted_peak_bytes": e.predicted_peak_bytes,
+        "budget_fraction": e.predicted_peak_bytes / budget_bytes, "stage": e.stage, "brief": plan_brief(e.ask.plan),
         "plan": e.ask.plan.to_dict(),
     }
 
@@ -48,7 +47,7 @@ def write_run_files(run_dir: Path, outcome: RunOutcome, budget_bytes: int) -> li
     return [*written, "front.json", "summary.json"]
 
 
-def plan_table(plan: Plan, codec: SearchCodec) -> list[str]:
+def plan_table(plan: Plan) -> list[str]:
     """Per-group choices, several groups a line."""
     cells = [f"{g.name}: {g.format.label} r={g.rank}" for g in plan.groups]
     width = max(len(c) for c in cells) + 2
@@ -57,7 +56,7 @@ def plan_table(plan: Plan, codec: SearchCodec) -> list[str]:
             for i in range(0, len(cells), per_line)]
 
 
-def report_lines(outcome: RunOutcome, codec: SearchCodec, budget_bytes: int) -> list[str]:
+def report_lines(outcome: RunOutcome, budget_bytes: int) -> list[str]:
     lines = [f"search ended ({outcome.stopped_by}) after {outcome.elapsed_s / 60:.1f} min: "
              f"{outcome.count(LOW_FIDELITY)} low + {outcome.count(HIGH_FIDELITY)} high trials, "
              f"cost {outcome.spent:.2f} high-trial units"]
@@ -69,15 +68,15 @@ def report_lines(outcome: RunOutcome, codec: SearchCodec, budget_bytes: int) -> 
         metric = (f"eval loss {r.metrics.eval_loss:.4f}" if r.metric_name == "eval_loss"
                   else f"accuracy {r.metrics.accuracy:.4f}")
         lines.append(f"chosen plan: objective {chosen.objective:.4f} ({metric}), predicted peak "
-                     f"{format_bytes(chosen.peak_bytes)} = {100 * chosen.peak_bytes / budget_bytes:.1f}% of the budget "
+                     f"{format_bytes(chosen.predicted_peak_bytes)} = {100 * chosen.predicted_peak_bytes / budget_bytes:.1f}% of the budget "
                      f"({format_bytes(budget_bytes)}); {plan_brief(chosen.ask.plan)}")
-        lines += plan_table(chosen.ask.plan, codec)
+        lines += plan_table(chosen.ask.plan)
     if outcome.front:
         lines.append("Pareto front (high fidelity, within budget; quality up, memory down):")
         lines.append(f"  {'objective':>10}  {'peak':>11}  {'budget':>6}  {'stage':<13} plan")
         for e in outcome.front:
-            lines.append(f"  {e.objective:>10.4f}  {format_bytes(e.peak_bytes):>11}  "
-                         f"{100 * e.peak_bytes / budget_bytes:>5.1f}%  {e.stage:<13} {plan_brief(e.ask.plan)}")
+            lines.append(f"  {e.objective:>10.4f}  {format_bytes(e.predicted_peak_bytes):>11}  "
+                         f"{100 * e.predicted_peak_bytes / budget_bytes:>5.1f}%  {e.stage:<13} {plan_brief(e.ask.plan)}")
     if outcome.spearman_low_high is not None:
         lines.append(f"low -> high Spearman correlation over {outcome.promoted_pairs} promoted plans: "
                      f"{outcome.spearman_low_high:.3f}")

@@ -18,17 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from autoqra.domain import Plan, QuantFormat
+from autoqra.domain import Plan
 from autoqra.errors import PlanError
 from autoqra.search.codec import Genome, SearchCodec
 from autoqra.search.repair import Repairer
 from autoqra.search.stage import HIGH_FIDELITY, Archive, Ask, Evaluated
 from autoqra.search.utility import PriorUtility, utility_from_scores
 from autoqra.search.warm_start import uniform_that_fit
-from autoqra.space.search_space import uniform_plan
-
-QLORA_FORMAT = QuantFormat(name="nf4", bits=4, double_quant=True)
-QLORA_RANK = 16
+from autoqra.space.reference import qlora_plan
 
 
 class ListStage:
@@ -52,7 +49,7 @@ class ListStage:
 
 def uniform_stage(codec: SearchCodec, budget_bytes: int) -> ListStage:
     asks: list[Ask] = []
-    qlora = uniform_plan(codec.spec, QLORA_FORMAT, QLORA_RANK, codec.space.granularity)
+    qlora = qlora_plan(codec.spec, codec.space.granularity)
     if codec.memory.total(qlora) <= budget_bytes:
         asks.append(Ask(plan=qlora, fidelity=HIGH_FIDELITY, genome=_genome_or_none(codec, qlora)))
     for genome in uniform_that_fit(codec, budget_bytes):
@@ -145,7 +142,6 @@ class OptunaStage:
     def __init__(self, name: str, sampler: Any, codec: SearchCodec, repairer: Repairer, archive: Archive) -> None:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.name, self.codec, self.repairer, self.archive = name, codec, repairer, archive
         self.study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         self._open: dict[Genome, list[Any]] = {}
@@ -185,7 +181,7 @@ class OptunaStage:
         from optuna.trial import TrialState
 
         if evaluated.ok:
-            self.study.tell(trial, [evaluated.objective, float(evaluated.peak_bytes)])
+            self.study.tell(trial, [evaluated.objective, float(evaluated.predicted_peak_bytes)])
         else:
             self.study.tell(trial, state=TrialState.FAIL)
 

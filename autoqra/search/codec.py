@@ -99,11 +99,8 @@ class SearchCodec:
         r = rng.integers(0, self.n_ranks, self.n_groups)
         return tuple((int(a), int(b)) for a, b in zip(f, r, strict=True))
 
-    def label(self, gene: Gene) -> str:
-        return f"{self.formats[gene[0]].label} r={self.ranks[gene[1]]}"
-
     # -- memory ------------------------------------------------------------------------------
-    def peak_bytes(self, genome: Genome) -> int:
+    def predicted_peak_bytes(self, genome: Genome) -> int:
         """Exact predicted peak training bytes (memoised: the search asks again and again)."""
         hit = self._memory_cache.get(genome)
         if hit is None:
@@ -121,12 +118,12 @@ class SearchCodec:
         gradient checkpointing), a guide elsewhere.
         """
         base = self.cheapest_genome
-        base_total = self.peak_bytes(base)
+        base_total = self.predicted_peak_bytes(base)
         table = np.zeros((self.n_groups, self.n_formats, self.n_ranks), dtype=np.float64)
         for g in range(self.n_groups):
             for f, r in self.options():
                 genome = base[:g] + ((f, r),) + base[g + 1:]
-                table[g, f, r] = self.peak_bytes(genome) - base_total
+                table[g, f, r] = self.predicted_peak_bytes(genome) - base_total
         return table
 
     @cached_property
@@ -138,21 +135,21 @@ class SearchCodec:
         setups ``bf16 r=0`` can be cheaper than ``hqq2 r=0``.
         """
         genome = self.uniform(0, 0)
-        best = self.peak_bytes(genome)
+        best = self.predicted_peak_bytes(genome)
         improved = True
         while improved:
             improved = False
             for g in range(self.n_groups):
                 for gene in self.options():
                     candidate = genome[:g] + (gene,) + genome[g + 1:]
-                    total = self.peak_bytes(candidate)
+                    total = self.predicted_peak_bytes(candidate)
                     if total < best:
                         genome, best, improved = candidate, total, True
         return genome
 
     @cached_property
     def min_bytes(self) -> int:
-        return self.peak_bytes(self.cheapest_genome)
+        return self.predicted_peak_bytes(self.cheapest_genome)
 
     @cached_property
     def max_bytes(self) -> int:
@@ -160,4 +157,4 @@ class SearchCodec:
         table = self.cost_table
         flat = table.reshape(self.n_groups, -1).argmax(axis=1)
         genome = tuple((int(i // self.n_ranks), int(i % self.n_ranks)) for i in flat)
-        return self.peak_bytes(genome)
+        return self.predicted_peak_bytes(genome)

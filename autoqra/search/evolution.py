@@ -20,8 +20,10 @@ The stage stops starting generations once the next one would overrun its allotme
 
 from __future__ import annotations
 
+import logging
+
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,8 @@ from autoqra.search.repair import Repairer
 from autoqra.search.stage import HIGH_FIDELITY, LOW_FIDELITY, Archive, Ask, Evaluated
 from autoqra.search.surrogate import HIGH, LOW, Observation, PerformanceModel
 from autoqra.search.warm_start import warm_start
+
+log = logging.getLogger(__name__)
 
 _PENALTY = 1e18
 
@@ -52,7 +56,7 @@ def observations(archive: Archive) -> list[Observation]:
             for e in archive.items if e.ok and e.ask.genome is not None]
 
 
-def _nsga2_select(genomes: Sequence[Genome], values: Sequence[tuple[float, float]], k: int) -> list[int]:
+def _nsga2_select(values: Sequence[tuple[float, float]], k: int) -> list[int]:
     """Indices kept by DEAP's NSGA-II selection (non-dominated sort + crowding)."""
     from deap import base, tools
 
@@ -90,9 +94,9 @@ class EvolutionStage:
 
     def __init__(self, *, codec: SearchCodec, repairer: Repairer, model: PerformanceModel, archive: Archive,
                  rng: np.random.Generator, settings: EvolutionSettings, costs: dict[str, float],
-                 allotment: float, log: Callable[[str], None] = lambda _: None) -> None:
+                 allotment: float) -> None:
         self.codec, self.repairer, self.model, self.archive = codec, repairer, model, archive
-        self.rng, self.settings, self.costs, self.allotment, self.log = rng, settings, costs, allotment, log
+        self.rng, self.settings, self.costs, self.allotment = rng, settings, costs, allotment
         self.budget_bytes = repairer.budget_bytes
         self.population: list[Genome] = []
         self.generation = 0
@@ -132,7 +136,7 @@ class EvolutionStage:
             self._batch = (warm_start(self.repairer, s.population, self.rng) if self.generation == 0
                            else self._offspring())
             if not self._batch:
-                self.log(f"nsga2: generation {self.generation} produced no new plan; stage ends")
+                log.info(f"nsga2: generation {self.generation} produced no new plan; stage ends")
                 self._finished = True
                 return
             self._queue = [self._ask(g, LOW_FIDELITY) for g in self._batch]
@@ -162,7 +166,7 @@ class EvolutionStage:
         predicted = dict(zip(need, self.model.predict(need, HIGH)[0], strict=True)) if need and self.model.ready else {}
         values = []
         for g in genomes:
-            peak = float(self.codec.peak_bytes(g))
+            peak = float(self.codec.predicted_peak_bytes(g))
             quality = self.archive.objective_of(g, HIGH_FIDELITY)
             if quality is None:
                 low = self.archive.objective_of(g, LOW_FIDELITY)
@@ -185,19 +189,19 @@ class EvolutionStage:
     def _select(self) -> None:
         union = list(dict.fromkeys([*self.population, *self._batch]))
         values = self._values(union)
-        keep = _nsga2_select(union, values, self.settings.population)
+        keep = _nsga2_select(values, self.settings.population)
         self.population = [union[i] for i in keep]
         self._ranks = _front_ranks([values[i] for i in keep])
         # memory as a fraction of the budget, so the hypervolume reads in objective x budget units
-        highs = [(e.objective, e.peak_bytes / self.budget_bytes) for e in self.archive.at(HIGH_FIDELITY)
-                 if e.ok and e.peak_bytes <= self.budget_bytes]
+        highs = [(e.objective, e.predicted_peak_bytes / self.budget_bytes) for e in self.archive.at(HIGH_FIDELITY)
+                 if e.ok and e.predicted_peak_bytes <= self.budget_bytes]
         if highs and self.reference is None:  # fixed once, at the first generation with high results
             worst = min(q for q, _ in highs)
             self.reference = (worst - 0.05 * abs(worst) - 1e-9, 1.0)
         if self.reference is not None:
             self.hv_history.append(hypervolume(highs, self.reference))
         best = max((q for q, _ in highs), default=float("nan"))
-        self.log(f"nsga2: generation {self.generation} selected {len(self.population)}; best high {best:.4f}; "
+        log.info(f"nsga2: generation {self.generation} selected {len(self.population)}; best high {best:.4f}; "
                  f"hypervolume {self.hv_history[-1] if self.hv_history else float('nan'):.4g}")
 
     # -- variation ---------------------------------------------------------------------------

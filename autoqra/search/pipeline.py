@@ -9,9 +9,10 @@ stage hears of it, so a crash loses at most the trials still running. Trial seed
 
 from __future__ import annotations
 
+import logging
+
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,8 @@ from autoqra.search.surrogate import PerformanceModel
 from autoqra.search.trust_region import TrustRegionStage
 from autoqra.search.utility import PriorUtility, flat_utility
 from autoqra.store.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,14 +87,14 @@ def spearman_low_high(archive: Archive) -> tuple[float | None, int]:
 class SearchPipeline:
     def __init__(self, *, codec: SearchCodec, utility: PriorUtility, runner: TrialRunner,
                  fidelities: dict[str, Fidelity], config: RunConfig, ledger: Ledger | None = None,
-                 sensitivity: np.ndarray | None = None, log: Callable[[str], None] = lambda _: None) -> None:
+                 sensitivity: np.ndarray | None = None) -> None:
         if config.strategy not in STRATEGIES:
             raise AutoQRAError(f"unknown strategy {config.strategy!r} (strategies: {', '.join(STRATEGIES)})")
         for needed in (LOW_FIDELITY, HIGH_FIDELITY):
             if needed not in fidelities:
                 raise AutoQRAError(f"the space must define the {needed!r} fidelity")
         self.codec, self.utility, self.runner, self.fidelities = codec, utility, runner, fidelities
-        self.config, self.ledger, self.log = config, ledger, log
+        self.config, self.ledger = config, ledger
         self.sensitivity = sensitivity if sensitivity is not None else np.ones(codec.n_groups)
         self.costs = fidelity_costs(fidelities)
         self.archive = Archive()
@@ -107,9 +110,9 @@ class SearchPipeline:
             model = PerformanceModel(codec, self.utility, budget, seed=c.seed)
             evolution = EvolutionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
                                        settings=c.preset.evolution, costs=self.costs,
-                                       allotment=c.preset.stage1_share * c.preset.max_cost, log=self.log)
+                                       allotment=c.preset.stage1_share * c.preset.max_cost)
             region = TrustRegionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
-                                      batch_size=self.runner.workers, n_candidates=c.preset.tr_candidates, log=self.log)
+                                      batch_size=self.runner.workers, n_candidates=c.preset.tr_candidates)
             return [evolution, region]
         prior_free = Repairer(codec, flat_utility(codec), budget)
         if c.strategy == "random":
@@ -156,10 +159,10 @@ class SearchPipeline:
         told: list[Evaluated] = []
         for index, result in self.runner.run(requests):
             ask = asks[index]
-            peak = self.codec.peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
-            evaluated = Evaluated(ask=ask, result=result, peak_bytes=peak, stage=stage.name)
+            peak = self.codec.predicted_peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
+            evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=peak, stage=stage.name)
             if self.ledger is not None:
-                self.ledger.record(result, peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity)
+                self.ledger.record(result, predicted_peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity)
             self.archive.add(evaluated)
             told.append(evaluated)
             spent += self.costs[ask.fidelity]
@@ -171,16 +174,16 @@ class SearchPipeline:
         c = self.config
         best = self.archive.best(HIGH_FIDELITY, c.budget_bytes)
         outcome = f"{e.objective:.4f}" if e.ok else f"{e.result.status.value} ({e.result.error[:60]})"
-        best_text = (f"best high {best.objective:.4f} at {best.peak_bytes / 2**20:.1f} MiB "
-                     f"({100 * best.peak_bytes / c.budget_bytes:.1f}% of budget)" if best else "no high result yet")
+        best_text = (f"best high {best.objective:.4f} at {best.predicted_peak_bytes / 2**20:.1f} MiB "
+                     f"({100 * best.predicted_peak_bytes / c.budget_bytes:.1f}% of budget)" if best else "no high result yet")
         wall = sum(e.result.phases.model_dump().values())
-        self.log(f"[{e.stage}] trial {len(self.archive.items)} {e.ask.fidelity:<4} {plan_brief(e.ask.plan)} "
+        log.info(f"[{e.stage}] trial {len(self.archive.items)} {e.ask.fidelity:<4} {plan_brief(e.ask.plan)} "
                  f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{c.preset.max_cost:g}, {elapsed:.0f} s")
 
     def _outcome(self, spent: float, elapsed: float, stopped_by: str) -> RunOutcome:
         budget = self.config.budget_bytes
-        highs = [e for e in self.archive.at(HIGH_FIDELITY) if e.ok and e.peak_bytes <= budget]
-        front = [highs[i] for i in front_indices([(e.objective, float(e.peak_bytes)) for e in highs])]
+        highs = [e for e in self.archive.at(HIGH_FIDELITY) if e.ok and e.predicted_peak_bytes <= budget]
+        front = [highs[i] for i in front_indices([(e.objective, float(e.predicted_peak_bytes)) for e in highs])]
         rho, pairs = spearman_low_high(self.archive)
         evolution = next((s for s in self.stages if isinstance(s, EvolutionStage)), None)
         return RunOutcome(archive=self.archive, chosen=self.archive.best(HIGH_FIDELITY, budget), front=front,

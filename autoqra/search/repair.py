@@ -38,7 +38,7 @@ class Repairer:
     budget_bytes: int
 
     def fits(self, genome: Genome) -> bool:
-        return self.codec.peak_bytes(genome) <= self.budget_bytes
+        return self.codec.predicted_peak_bytes(genome) <= self.budget_bytes
 
     def check_reachable(self) -> None:
         if self.codec.min_bytes > self.budget_bytes:

@@ -34,7 +34,7 @@ class Evaluated:
 
     ask: Ask
     result: TrialResult
-    peak_bytes: int
+    predicted_peak_bytes: int
     stage: str
 
     @property
@@ -86,8 +86,8 @@ class Archive:
 
     def best(self, fidelity: str, budget_bytes: int) -> Evaluated | None:
         """Best ok result at ``fidelity`` whose plan fits the budget (ties: less memory)."""
-        fitting = [e for e in self.at(fidelity) if e.ok and e.peak_bytes <= budget_bytes]
-        return max(fitting, key=lambda e: (e.objective, -e.peak_bytes), default=None)
+        fitting = [e for e in self.at(fidelity) if e.ok and e.predicted_peak_bytes <= budget_bytes]
+        return max(fitting, key=lambda e: (e.objective, -e.predicted_peak_bytes), default=None)
 
     def objective_of(self, genome: Genome, fidelity: str) -> float | None:
         for e in reversed(self.items):

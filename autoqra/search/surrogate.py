@@ -77,7 +77,7 @@ class PerformanceModel:
         r = np.array([g[1] for g in genome], dtype=np.float64) / max(codec.n_ranks - 1, 1)
         parts = [f[b].mean() for b in self._bins] + [r[b].mean() for b in self._bins]
         parts.append(self.utility.of(genome) / codec.n_groups)
-        parts.append(codec.peak_bytes(genome) / self.budget_bytes)
+        parts.append(codec.predicted_peak_bytes(genome) / self.budget_bytes)
         parts.append(fidelity)
         return np.array(parts, dtype=np.float64)
 

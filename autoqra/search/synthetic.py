@@ -45,7 +45,6 @@ class SyntheticEvaluator:
                       + demand[:, None, None] * gain[None, None, :])
         self.low_bias = -0.3 * GAIN * ranks / max(ranks.max(), 1.0)  # short runs favour small ranks
         self.low_noise = low_noise
-        self.calls: list[str] = []
 
     def quality(self, genome: Genome, fidelity: str = "high", seed: int = 0) -> float:
         value = BASE + sum(self.table[g, f, r] for g, (f, r) in enumerate(genome))
@@ -55,13 +54,12 @@ class SyntheticEvaluator:
         return float(value)
 
     def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult:
-        self.calls.append(fidelity.name)
         genome = self.codec.encode(plan)
         value = self.quality(genome, fidelity.name, seed)
         return TrialResult(
             plan=plan, fidelity=fidelity, task="synthetic", seed=seed, status=TrialStatus.OK, objective=value,
             metric_name="accuracy", metrics=TrialMetrics(accuracy=value), train_losses=(),
-            predicted_peak_bytes=self.codec.peak_bytes(genome), measured_peak_bytes=None, measured_static_bytes=0,
+            predicted_peak_bytes=self.codec.predicted_peak_bytes(genome), measured_peak_bytes=None, measured_static_bytes=0,
             peak_rss_bytes=None, device="synthetic", phases=PhaseSeconds(), versions=(("autoqra", "synthetic"),),
         )
 
@@ -99,7 +97,7 @@ def exact_optimum(codec: SearchCodec, table: np.ndarray, budget_bytes: int) -> t
             best_genome = tuple(combo) + tuple(right[2][order[prefix_arg[j]]])
     if best_genome is None:
         raise ValueError("no genome fits the budget")
-    if codec.peak_bytes(best_genome) > budget_bytes:
+    if codec.predicted_peak_bytes(best_genome) > budget_bytes:
         raise ValueError("memory is not additive on this space; exact_optimum does not apply")
     return best + BASE, best_genome
 

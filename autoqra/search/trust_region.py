@@ -14,8 +14,10 @@ centre. A success is an improvement of the incumbent by more than ``1e-3 * |incu
 
 from __future__ import annotations
 
+import logging
+
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +27,8 @@ from autoqra.search.evolution import observations
 from autoqra.search.repair import Repairer
 from autoqra.search.stage import HIGH_FIDELITY, Archive, Ask, Evaluated
 from autoqra.search.surrogate import HIGH, PerformanceModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,11 @@ class TrustRegionStage:
 
     def __init__(self, *, codec: SearchCodec, repairer: Repairer, model: PerformanceModel, archive: Archive,
                  rng: np.random.Generator, batch_size: int, n_candidates: int = 256,
-                 state: TrustRegionState | None = None, log: Callable[[str], None] = lambda _: None) -> None:
+                 state: TrustRegionState | None = None) -> None:
         self.codec, self.repairer, self.model, self.archive = codec, repairer, model, archive
-        self.rng, self.batch_size, self.n_candidates, self.log = rng, batch_size, n_candidates, log
+        self.rng, self.batch_size, self.n_candidates = rng, batch_size, n_candidates
         self.state = state or TrustRegionState()
         self.centers: list[Genome] = []
-        self.history: list[TrustRegionState] = []
         self._exhausted = False
         self._best_before: float | None = None
 
@@ -98,7 +101,7 @@ class TrustRegionStage:
 
     def _center(self) -> Genome | None:
         ranked = sorted((e for e in self.archive.at(HIGH_FIDELITY)
-                         if e.ok and e.ask.genome is not None and e.peak_bytes <= self.repairer.budget_bytes),
+                         if e.ok and e.ask.genome is not None and e.predicted_peak_bytes <= self.repairer.budget_bytes),
                         key=lambda e: -e.objective)
         if not ranked:
             return None
@@ -116,12 +119,12 @@ class TrustRegionStage:
 
     def ask(self, n: int) -> list[Ask]:
         if self.state.restart:
-            self.log(f"trust-region: length {self.state.length:.3f} < {self.state.length_min}; restarting")
+            log.info(f"trust-region: length {self.state.length:.3f} < {self.state.length_min}; restarting")
             self.state = replace(TrustRegionState(), restart=True)
         center = self._center()
         self.state = replace(self.state, restart=False)
         if center is None:
-            self.log("trust-region: no feasible high result to centre on; stage ends")
+            log.info("trust-region: no feasible high result to centre on; stage ends")
             self._exhausted = True
             return []
         incumbent = self._incumbent()
@@ -134,7 +137,7 @@ class TrustRegionStage:
             if genome not in candidates and not self.archive.evaluated(genome, HIGH_FIDELITY):
                 candidates.append(genome)
         if not candidates:
-            self.log("trust-region: no unexplored plan around the incumbent; stage ends")
+            log.info("trust-region: no unexplored plan around the incumbent; stage ends")
             self._exhausted = True
             return []
         k = min(n, self.batch_size, len(candidates))
@@ -145,11 +148,10 @@ class TrustRegionStage:
         return [Ask(plan=self.codec.decode(g), fidelity=HIGH_FIDELITY, genome=g) for g in chosen]
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None:
-        best_new = max((e.objective for e in evaluated if e.peak_bytes <= self.repairer.budget_bytes),
+        best_new = max((e.objective for e in evaluated if e.predicted_peak_bytes <= self.repairer.budget_bytes),
                        default=float("-inf"))
         before = self._best_before
         improved = math.isfinite(best_new) and (before is None or best_new > before + 1e-3 * abs(before))
         self.state = update_state(self.state, improved)
-        self.history.append(self.state)
-        self.log(f"trust-region: {'success' if improved else 'failure'}; length {self.state.length:.3f} "
+        log.info(f"trust-region: {'success' if improved else 'failure'}; length {self.state.length:.3f} "
                  f"(successes {self.state.success_count}, failures {self.state.failure_count})")

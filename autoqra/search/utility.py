@@ -37,9 +37,6 @@ class PriorUtility:
     def of(self, genome: Genome) -> float:
         return float(sum(self.table[g, f, r] for g, (f, r) in enumerate(genome)))
 
-    def per_group(self, genome: Genome) -> np.ndarray:
-        return np.array([self.table[g, f, r] for g, (f, r) in enumerate(genome)])
-
 
 def _normalise(values: np.ndarray) -> np.ndarray:
     mean = float(values.mean())

@@ -24,8 +24,8 @@ def prior_plan(repairer: Repairer) -> Genome:
 
 def uniform_that_fit(codec: SearchCodec, budget_bytes: int) -> list[Genome]:
     """Uniform genomes within the budget, most expensive (richest) first."""
-    fits = [codec.uniform(f, r) for f, r in codec.options() if codec.peak_bytes(codec.uniform(f, r)) <= budget_bytes]
-    return sorted(fits, key=codec.peak_bytes, reverse=True)
+    fits = [codec.uniform(f, r) for f, r in codec.options() if codec.predicted_peak_bytes(codec.uniform(f, r)) <= budget_bytes]
+    return sorted(fits, key=codec.predicted_peak_bytes, reverse=True)
 
 
 def warm_start(repairer: Repairer, size: int, rng: np.random.Generator, uniform_share: float = 0.25) -> list[Genome]:

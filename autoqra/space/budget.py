@@ -14,9 +14,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from autoqra.domain import Budget, QuantFormat
+from autoqra.domain import Budget
 from autoqra.errors import BudgetError
 from autoqra.space.memory import MemoryModel
+from autoqra.space.reference import REFERENCE_RANK, lora16_plan, qlora_plan
 
 _UNITS = {
     "": 1, "b": 1,
@@ -30,7 +31,6 @@ _BITS = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*bits?$")
 _PERCENT = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
 MAX_BYTES = 2**50  # 1 PiB: anything larger is a typo
 MIN_BYTES = 2**20
-REFERENCE_RANK = 16
 
 
 def parse_budget(text: str) -> Budget:
@@ -73,18 +73,12 @@ class ResolvedBudget:
 
 def qlora_reference(memory: MemoryModel) -> int:
     """Peak of uniform NF4 (double-quantized, block 64) QLoRA with r=16 on every block linear."""
-    from autoqra.space.search_space import uniform_plan
-
-    fmt = QuantFormat(name="nf4", bits=4, double_quant=True)
-    return memory.total(uniform_plan(memory.spec, fmt, REFERENCE_RANK))
+    return memory.total(qlora_plan(memory.spec))
 
 
 def lora16_reference(memory: MemoryModel) -> int:
     """Peak of 16-bit LoRA r=16: block weights unquantized in the compute dtype."""
-    from autoqra.space.search_space import uniform_plan
-
-    fmt = QuantFormat(name=memory.setup.compute_dtype)  # bits default to the dtype's width
-    return memory.total(uniform_plan(memory.spec, fmt, REFERENCE_RANK))
+    return memory.total(lora16_plan(memory.spec, memory.setup.compute_dtype))
 
 
 def resolve(budget: Budget, memory: MemoryModel) -> ResolvedBudget:
@@ -101,10 +95,7 @@ def resolve(budget: Budget, memory: MemoryModel) -> ResolvedBudget:
         return ResolvedBudget(
             budget, n, f"{budget.text} of the 16-bit LoRA r={REFERENCE_RANK} peak ({ref:,} bytes) = {n:,} bytes"
         )
-    from autoqra.space.search_space import uniform_plan
-
-    fmt = QuantFormat(name="nf4", bits=4, double_quant=True)
-    reference = memory.estimate(uniform_plan(memory.spec, fmt, REFERENCE_RANK))
+    reference = memory.estimate(qlora_plan(memory.spec))
     weights = memory.spec.params.block_linear_weights
     n = reference.total - reference.quantized_weights + int(budget.value * weights / 8)
     return ResolvedBudget(

@@ -87,7 +87,6 @@ class ModelSpec:
     linears: tuple[LinearSpec, ...]
     params: ParamCounts
     buffer_bytes: int  # non-parameter buffers (e.g. rotary inv_freq) in their own dtypes
-    block_prefix: str  # e.g. "model.layers"
 
     def block_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """(group name, module names) per transformer block."""
@@ -210,7 +209,6 @@ def model_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
 def spec_from_config(config: Any, name: str) -> ModelSpec:
     """Instantiate ``config`` on the meta device and read off linears, shapes and counts."""
     import torch
-    from torch import nn
     from transformers import AutoModelForCausalLM
 
     try:
@@ -220,29 +218,57 @@ def spec_from_config(config: Any, name: str) -> ModelSpec:
         raise ModelSpecError(f"cannot build {name!r} ({type(config).__name__}) as a causal LM: {exc}") from None
 
     blocks_path, blocks = _find_blocks(model, config)
-    linears: list[LinearSpec] = []
-    block_linear_ids: set[int] = set()
-    for index, block in enumerate(blocks):
-        for sub_name, module in block.named_modules():
-            if isinstance(module, nn.Linear):
-                leaf = sub_name.rsplit(".", 1)[-1]
-                role = next((r for r, leaves in _ROLES.items() if leaf in leaves), "other")
-                linears.append(
-                    LinearSpec(
-                        name=f"{blocks_path}.{index}.{sub_name}",
-                        block=index,
-                        in_features=module.in_features,
-                        out_features=module.out_features,
-                        bias=module.bias is not None,
-                        role=role,
-                    )
-                )
-                block_linear_ids.add(id(module.weight))
-                if module.bias is not None:
-                    block_linear_ids.add(id(module.bias))
+    linears, block_linear_ids = _block_linears(blocks_path, blocks)
     if not linears:
         raise ModelSpecError(f"{name}: found no linear layers inside the transformer blocks")
+    params, tied = _param_counts(model, block_linear_ids)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(text_config.num_attention_heads)
+    hidden = int(text_config.hidden_size)
+    head_dim = int(getattr(text_config, "head_dim", None) or hidden // heads)
+    mlp_in = [lin.out_features for lin in linears if lin.block == 0 and lin.role == "mlp_in"]
+    intermediate = int(getattr(text_config, "intermediate_size", 0) or (max(mlp_in) if mlp_in else 4 * hidden))
+    return ModelSpec(
+        name=name,
+        model_type=str(config.model_type),
+        architecture=type(model).__name__,
+        num_blocks=len(blocks),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_kv_heads=int(getattr(text_config, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        vocab_size=int(text_config.vocab_size),
+        tie_word_embeddings=tied,
+        linears=tuple(linears),
+        params=params,
+        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+    )
 
+
+def _block_linears(blocks_path: str, blocks: Any) -> tuple[list[LinearSpec], set[int]]:
+    """Every ``nn.Linear`` inside the blocks with its exact name and role, and the ids of their tensors."""
+    from torch import nn
+
+    linears: list[LinearSpec] = []
+    ids: set[int] = set()
+    for index, block in enumerate(blocks):
+        for sub_name, module in block.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            leaf = sub_name.rsplit(".", 1)[-1]
+            role = next((r for r, leaves in _ROLES.items() if leaf in leaves), "other")
+            linears.append(LinearSpec(name=f"{blocks_path}.{index}.{sub_name}", block=index,
+                                      in_features=module.in_features, out_features=module.out_features,
+                                      bias=module.bias is not None, role=role))
+            ids.add(id(module.weight))
+            if module.bias is not None:
+                ids.add(id(module.bias))
+    return linears, ids
+
+
+def _param_counts(model: Any, block_linear_ids: set[int]) -> tuple[ParamCounts, bool]:
+    """Parameter counts by kind (tied tensors once) and whether the LM head is tied to the embeddings."""
     embeddings = model.get_input_embeddings()
     head = model.get_output_embeddings()
     embed_ids = {id(p) for p in embeddings.parameters()}
@@ -270,40 +296,10 @@ def spec_from_config(config: Any, name: str) -> ModelSpec:
             counts["norms"] += n
         else:
             counts["other"] += n
-    params = ParamCounts(
-        total=sum(counts.values()),
-        block_linear_weights=counts["w"],
-        block_linear_biases=counts["b"],
-        embeddings=counts["embeddings"],
-        lm_head=counts["lm_head"],
-        norms=counts["norms"],
-        other=counts["other"],
-    )
-    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(text_config.num_attention_heads)
-    hidden = int(text_config.hidden_size)
-    head_dim = int(getattr(text_config, "head_dim", None) or hidden // heads)
-    mlp_in = [lin.out_features for lin in linears if lin.block == 0 and lin.role == "mlp_in"]
-    intermediate = int(getattr(text_config, "intermediate_size", 0) or (max(mlp_in) if mlp_in else 4 * hidden))
-    return ModelSpec(
-        name=name,
-        model_type=str(config.model_type),
-        architecture=type(model).__name__,
-        num_blocks=len(blocks),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_attention_heads=heads,
-        num_kv_heads=int(getattr(text_config, "num_key_value_heads", None) or heads),
-        head_dim=head_dim,
-        vocab_size=int(text_config.vocab_size),
-        tie_word_embeddings=head is not None and not head_ids and bool(embed_ids),
-        linears=tuple(linears),
-        params=params,
-        buffer_bytes=buffer_bytes,
-        block_prefix=blocks_path,
-    )
+    params = ParamCounts(total=sum(counts.values()), block_linear_weights=counts["w"],
+                         block_linear_biases=counts["b"], embeddings=counts["embeddings"],
+                         lm_head=counts["lm_head"], norms=counts["norms"], other=counts["other"])
+    return params, head is not None and not head_ids and bool(embed_ids)
 
 
 def _find_blocks(model: Any, config: Any) -> tuple[str, Any]:

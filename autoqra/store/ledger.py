@@ -1,11 +1,13 @@
 """An Optuna study (SQLite in the run directory by default, any SQLAlchemy URL) plus a JSONL log.
 
 Each finished trial becomes one Optuna trial of a two-objective study (quality to maximise, the
-plan's predicted peak training bytes at the budget's setup to minimise). The plan is stored as
-categorical parameters, ``<group>.format`` and ``<group>.rank``; fidelity, status, stage, timings,
-seeds, predicted and measured memory, and the whole ``TrialResult`` JSON are user attributes, so
-``optuna-dashboard sqlite:///runs/NAME/trials.db`` opens a run and a resume can replay it. Failed
-trials (diverged, out of memory) are stored as ``FAIL`` with their error text.
+plan's *predicted* peak training bytes at the budget's setup to minimise; metric names ``quality``
+and ``predicted_peak_bytes``). The plan is stored as categorical parameters, ``<group>.format`` and
+``<group>.rank``; fidelity, status, stage, timings, seeds, predicted and measured memory, and the
+whole ``TrialResult`` JSON are user attributes, so Optuna tools can open a run and
+:meth:`Ledger.entries` replays every recorded result. Failed trials (diverged, out of memory) are
+stored as ``FAIL`` with their error text. Run directories written before the rename of ``peak_bytes``
+to ``predicted_peak_bytes`` are still read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from autoqra.domain import Plan, TrialResult, TrialStatus
 from autoqra.errors import AutoQRAError
 
 STUDY_NAME = "autoqra"
-METRIC_NAMES = ["quality", "peak_memory_bytes"]
+METRIC_NAMES = ["quality", "predicted_peak_bytes"]
 
 
 class StoreError(AutoQRAError):
@@ -30,7 +32,7 @@ class StoreError(AutoQRAError):
 @dataclass(frozen=True)
 class LedgerEntry:
     result: TrialResult
-    peak_bytes: int
+    predicted_peak_bytes: int
     stage: str
     fidelity: str
 
@@ -45,7 +47,6 @@ class Ledger:
         import optuna
         from optuna.distributions import CategoricalDistribution
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             self.study = optuna.create_study(storage=storage_url, study_name=study_name,
                                              directions=["maximize", "minimize"], load_if_exists=True)
@@ -74,7 +75,7 @@ class Ledger:
             params[f"{group.name}.rank"], dists[f"{group.name}.rank"] = group.rank, self._rank
         return params, dists
 
-    def record(self, result: TrialResult, *, peak_bytes: int, stage: str, fidelity: str) -> int:
+    def record(self, result: TrialResult, *, predicted_peak_bytes: int, stage: str, fidelity: str) -> int:
         """Write one result (Optuna first, then the JSONL line); returns the Optuna trial number."""
         import optuna
         from optuna.trial import TrialState
@@ -83,7 +84,7 @@ class Ledger:
         ok = result.status is TrialStatus.OK and result.objective is not None
         attrs = {
             "fidelity": fidelity, "status": result.status.value, "stage": stage, "plan_hash": result.plan.plan_hash,
-            "peak_bytes": peak_bytes, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
+            "predicted_peak_bytes": predicted_peak_bytes, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
             "measured_peak_bytes": result.measured_peak_bytes, "measured_static_bytes": result.measured_static_bytes,
             "peak_rss_bytes": result.peak_rss_bytes, "metric_name": result.metric_name,
             "eval_loss": result.metrics.eval_loss, "accuracy": result.metrics.accuracy, "seed": result.seed,
@@ -92,14 +93,14 @@ class Ledger:
         }
         trial = optuna.trial.create_trial(
             params=params, distributions=dists, user_attrs=attrs,
-            values=[float(result.objective), float(peak_bytes)] if ok else None,
+            values=[float(result.objective), float(predicted_peak_bytes)] if ok else None,
             state=TrialState.COMPLETE if ok else TrialState.FAIL,
         )
         self.study.add_trial(trial)
         number = self._count
         self._count += 1
         if self.jsonl_path is not None:
-            line = {"number": number, "stage": stage, "fidelity": fidelity, "peak_bytes": peak_bytes,
+            line = {"number": number, "stage": stage, "fidelity": fidelity, "predicted_peak_bytes": predicted_peak_bytes,
                     "result": result.model_dump(mode="json")}
             with self.jsonl_path.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
@@ -113,7 +114,8 @@ class Ledger:
             if "result" not in attrs:
                 continue
             out.append(LedgerEntry(result=TrialResult.model_validate_json(json.dumps(attrs["result"])),
-                                   peak_bytes=int(attrs["peak_bytes"]), stage=str(attrs["stage"]),
+                                   predicted_peak_bytes=int(attrs.get("predicted_peak_bytes", attrs.get("peak_bytes"))),
+                                   stage=str(attrs["stage"]),
                                    fidelity=str(attrs["fidelity"])))
         return out
 

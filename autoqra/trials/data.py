@@ -174,11 +174,30 @@ def _lm_task(train_docs: list[str], eval_docs: list[str], tokenizer: Any, seq_le
     return TaskData(ti, ti.clone(), ei, ei.clone(), (), "loss")
 
 
-def _jsonl_task(path: Path, tokenizer: Any, seq_len: int, eval_examples: int, seed: int) -> TaskData:
+def check_task(task: str) -> None:
+    """Raise TaskError unless ``task`` can be built: a known name whose data is installed, or a
+    readable ``.jsonl`` file with enough well-formed records. Needs no tokenizer (cheap, before any
+    model load)."""
+    if task == "news":
+        _gensim_data("lee_background.cor")
+        return
+    if task == "arith":
+        return
+    path = Path(task).expanduser()
+    if path.suffix != ".jsonl":
+        raise TaskError(f"unknown task {task!r}: use {', '.join(TASK_NAMES)} or a path to a .jsonl file")
+    read_jsonl_task(path)
+
+
+def read_jsonl_task(path: Path) -> list[str] | list[Prompted]:
+    """The documents (``text`` records) or prompted items (``instruction``/``input``/``output``) of a
+    JSONL task file; TaskError with the file and line for anything malformed."""
+    if not path.is_file():
+        raise TaskError(f"task file {path} does not exist")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise TaskError(f"cannot read {path}: {exc}") from None
+        raise TaskError(f"cannot read task file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -191,10 +210,9 @@ def _jsonl_task(path: Path, tokenizer: Any, seq_len: int, eval_examples: int, se
             raise TaskError(f"{path}:{number}: each line must be a JSON object")
         records.append((number, rec))
     if len(records) < 2:
-        raise TaskError(f"{path}: needs at least 2 records (train and eval)")
+        raise TaskError(f"task file {path} has {len(records)} record(s); it needs at least 2 (train and eval)")
     if all(isinstance(r.get("text"), str) for _, r in records):
-        train_docs, eval_docs = _split_docs([r["text"] for _, r in records], seed)
-        return _lm_task(train_docs, eval_docs, tokenizer, seq_len, eval_examples)
+        return [r["text"] for _, r in records]
     items = []
     for number, rec in records:
         if not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("output"), str):
@@ -202,7 +220,15 @@ def _jsonl_task(path: Path, tokenizer: Any, seq_len: int, eval_examples: int, se
         extra = rec.get("input") or ""
         prompt = f"### Instruction:\n{rec['instruction']}\n" + (f"### Input:\n{extra}\n" if extra else "")
         items.append(Prompted(prompt=prompt + "### Response:\n", answer=rec["output"]))
-    train, evals = _split_docs(items, seed)
+    return items
+
+
+def _jsonl_task(path: Path, tokenizer: Any, seq_len: int, eval_examples: int, seed: int) -> TaskData:
+    records = read_jsonl_task(path)
+    if all(isinstance(r, str) for r in records):
+        train_docs, eval_docs = _split_docs(records, seed)
+        return _lm_task(train_docs, eval_docs, tokenizer, seq_len, eval_examples)
+    train, evals = _split_docs(records, seed)
     ti, tl = _prompted_rows(train, tokenizer, seq_len)
     ei, el = _prompted_rows(evals[:eval_examples], tokenizer, seq_len)
     return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), (), "loss")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from autoqra.domain import Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
-from autoqra.space.memory import MemoryModel, TrainingSetup
+from autoqra.domain import NO_ADAPTER_MESSAGE, Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
+from autoqra.space.memory import MemoryModel, OptimizerName, TrainingSetup
 from autoqra.space.model_spec import model_spec, spec_from_config
 from autoqra.trials.data import TaskData, build_task
 from autoqra.trials.footprint import measure_footprint
@@ -25,7 +25,7 @@ from autoqra.trials.layer_cache import LayerCache
 from autoqra.trials.lora import attach_lora, init_default, init_from_residuals
 from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_weights
 from autoqra.trials.quantize import quantize_model
-from autoqra.trials.train import TrainConfig, eval_accuracy, eval_loss, train
+from autoqra.trials.train import TrainConfig, TrainOutcome, eval_accuracy, eval_loss, train
 
 _VERSIONED = ("torch", "transformers", "peft", "hqq", "bitsandbytes", "autoqra")
 
@@ -41,6 +41,7 @@ class EvaluatorConfig:
     alpha_ratio: float = 2.0
     init: Literal["default", "loftq"] = "default"
     grad_checkpointing: bool = False
+    optimizer: OptimizerName = "adamw"
     data_seed: int = 0
     cache_dir: Path | None = None  # quantized-layer cache root; None: the user cache (models.cache_root)
 
@@ -79,6 +80,7 @@ class Evaluator:
         self.layer_cache = LayerCache(root if fingerprint else None, fingerprint or "in-process")
         self._data: dict[tuple[int, int, int], TaskData] = {}
         self._versions = library_versions()
+        self._train_s = 0.0
 
     # -- public ------------------------------------------------------------------------------
     def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult:
@@ -86,10 +88,10 @@ class Evaluator:
 
         self.spec.check_plan(plan)
         cfg = self.config
-        setup = TrainingSetup(batch_size=fidelity.batch_size, seq_len=fidelity.seq_len,
+        setup = TrainingSetup(batch_size=fidelity.batch_size, seq_len=fidelity.seq_len, optimizer=cfg.optimizer,
                               grad_checkpointing=cfg.grad_checkpointing, compute_dtype=cfg.compute_dtype)
         predicted = MemoryModel(self.spec, setup).total(plan)
-        if not any(group.rank > 0 for group in plan.groups):
+        if not plan.has_adapters:
             # a valid plan of any space with rank 0 among its choices, but not a fine-tuning run: the
             # search records it as a failed trial instead of stopping
             return self._untrainable(plan, fidelity, seed, predicted)
@@ -100,6 +102,35 @@ class Evaluator:
         model, tokenizer = self._load()
         data = self._task_data(tokenizer, fidelity)
         t1 = time.perf_counter()
+        model = self._build(model, plan, seed)
+        t2 = time.perf_counter()
+        outcome, metrics, objective = self._train_and_score(model, tokenizer, data, fidelity, seed)
+        t4 = time.perf_counter()
+
+        footprint = measure_footprint(model, outcome.optimizer)
+        measured_peak = int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        status, error = outcome.status, outcome.error
+        if status is TrialStatus.OK and objective is None:
+            status, error = TrialStatus.DIVERGED, f"held-out loss {metrics.eval_loss}"
+            metrics = TrialMetrics(initial_eval_loss=metrics.initial_eval_loss,
+                                   probe_train_loss_before=metrics.probe_train_loss_before)
+        return TrialResult(
+            plan=plan, fidelity=fidelity, task=cfg.task, seed=seed, status=status, objective=objective,
+            metric_name="accuracy" if data.metric == "accuracy" else "eval_loss", metrics=metrics,
+            train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
+            measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
+            device=self.device,
+            phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=self._train_s, eval_s=t4 - t2 - self._train_s),
+            versions=self._versions, error=error,
+        )
+
+    # -- parts -------------------------------------------------------------------------------
+    def _build(self, model: Any, plan: Plan, seed: int) -> Any:
+        """Quantize the base (layers from the cache), attach the adapters and initialise them."""
+        import torch
+
+        cfg = self.config
         originals = self._originals(model, plan) if cfg.init == "loftq" else {}
         quantize_model(model, plan, cfg.compute_dtype, self.device, cache=self.layer_cache)
         model = attach_lora(model, plan, alpha_ratio=cfg.alpha_ratio)
@@ -111,56 +142,48 @@ class Evaluator:
         if cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        t2 = time.perf_counter()
+        return model
 
-        eval_batch = fidelity.batch_size
+    def _train_and_score(self, model: Any, tokenizer: Any, data: TaskData, fidelity: Fidelity,
+                         seed: int) -> tuple[TrainOutcome, TrialMetrics, float | None]:
+        """Held-out and probe losses before, the training run, then the held-out metrics after.
+
+        Returns the training outcome, the metrics and the objective (None unless training ended ok
+        with a finite held-out loss). Sets ``self._train_s`` to the training loop's wall seconds.
+        """
+        cfg = self.config
+        batch = fidelity.batch_size
         model.eval()
-        initial = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
-        probe = (data.train_ids[:eval_batch], data.train_labels[:eval_batch])
-        probe_before = eval_loss(model, *probe, eval_batch, self.device)
-        outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=fidelity.batch_size,
-                                                 grad_accum=fidelity.grad_accum, learning_rate=cfg.learning_rate,
-                                                 warmup_ratio=cfg.warmup_ratio), seed, self.device)
-        t3 = time.perf_counter()
-
+        initial = eval_loss(model, data.eval_ids, data.eval_labels, batch, self.device)
+        probe = (data.train_ids[:batch], data.train_labels[:batch])
+        probe_before = eval_loss(model, *probe, batch, self.device)
+        started = time.perf_counter()
+        outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=batch, grad_accum=fidelity.grad_accum,
+                                                 learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio,
+                                                 optimizer=cfg.optimizer), seed, self.device)
+        self._train_s = time.perf_counter() - started
         metrics = TrialMetrics(initial_eval_loss=initial, probe_train_loss_before=probe_before)
-        objective: float | None = None
-        status, error = outcome.status, outcome.error
-        if status is TrialStatus.OK:
-            model.eval()
-            loss = eval_loss(model, data.eval_ids, data.eval_labels, eval_batch, self.device)
-            probe_after = eval_loss(model, *probe, eval_batch, self.device)
-            accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
-            if not math.isfinite(loss):
-                status, error = TrialStatus.DIVERGED, f"held-out loss {loss}"
-            else:
-                metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,
-                                       initial_eval_loss=initial, probe_train_loss_before=probe_before,
-                                       probe_train_loss_after=probe_after)
-                objective = accuracy if accuracy is not None else -loss
-        t4 = time.perf_counter()
+        if outcome.status is not TrialStatus.OK:
+            return outcome, metrics, None
+        model.eval()
+        loss = eval_loss(model, data.eval_ids, data.eval_labels, batch, self.device)
+        if not math.isfinite(loss):
+            return outcome, TrialMetrics(eval_loss=loss, initial_eval_loss=initial,
+                                         probe_train_loss_before=probe_before), None
+        probe_after = eval_loss(model, *probe, batch, self.device)
+        accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
+        metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,
+                               initial_eval_loss=initial, probe_train_loss_before=probe_before,
+                               probe_train_loss_after=probe_after)
+        return outcome, metrics, accuracy if accuracy is not None else -loss
 
-        footprint = measure_footprint(model, outcome.optimizer)
-        measured_peak = int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        return TrialResult(
-            plan=plan, fidelity=fidelity, task=cfg.task, seed=seed, status=status, objective=objective,
-            metric_name="accuracy" if data.metric == "accuracy" else "eval_loss", metrics=metrics,
-            train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
-            measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
-            device=self.device,
-            phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=t3 - t2, eval_s=t4 - t3),
-            versions=self._versions, error=error,
-        )
-
-    # -- parts -------------------------------------------------------------------------------
     def _untrainable(self, plan: Plan, fidelity: Fidelity, seed: int, predicted: int) -> TrialResult:
         return TrialResult(
             plan=plan, fidelity=fidelity, task=self.config.task, seed=seed, status=TrialStatus.FAILED, objective=None,
             metric_name="eval_loss", metrics=TrialMetrics(), train_losses=(), predicted_peak_bytes=predicted,
             measured_peak_bytes=None, measured_static_bytes=0, peak_rss_bytes=None, device=self.device,
             phases=PhaseSeconds(), versions=self._versions,
-            error="every group has rank 0: the plan has no LoRA adapter to train",
+            error=NO_ADAPTER_MESSAGE,
         )
 
     def _load(self) -> tuple[Any, Any]:

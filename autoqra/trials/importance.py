@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEMAND_RANK = 8
+log = logging.getLogger(__name__)
 
 
 def _log_probs(model: nn.Module, ids: torch.Tensor, batch: int) -> list[torch.Tensor]:
@@ -41,7 +42,7 @@ def _log_probs(model: nn.Module, ids: torch.Tensor, batch: int) -> list[torch.Te
 
 def sensitivity(model: nn.Module, groups: tuple[tuple[str, tuple[str, ...]], ...], lowest: QuantFormat,
                 compute_dtype: str, calib_ids: torch.Tensor, cache: LayerCache, full_precision: dict[str, Any],
-                batch: int = 4, progress: bool = True) -> dict[str, float]:
+                batch: int = 4) -> dict[str, float]:
     """KL(reference || group quantized) per token, per group.
 
     ``model`` is unquantized, in the compute dtype; ``full_precision`` holds the fp32 weights (and
@@ -75,9 +76,7 @@ def sensitivity(model: nn.Module, groups: tuple[tuple[str, tuple[str, ...]], ...
         for m in names:
             parent, _, child = m.rpartition(".")
             setattr(modules[parent], child, originals[m])
-        if progress:
-            print(f"priors: sensitivity {index + 1}/{len(groups)} {name}: {scores[name]:.4f}", file=sys.stderr,
-                  flush=True)
+        log.info(f"priors: sensitivity {index + 1}/{len(groups)} {name}: {scores[name]:.4f}")
     return scores
 
 
@@ -153,8 +152,8 @@ def measure_space_priors(*, model: str, granularity: str, lowest: QuantFormat, c
 
 
 def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, compute_dtype: str,
-                        task: str, calibration: int, seq_len: int, demand_batches: int, seed: int,
-                        log: Any = None) -> tuple[Priors, Path, bool]:
+                        task: str, calibration: int, seq_len: int, demand_batches: int,
+                        seed: int) -> tuple[Priors, Path, bool]:
     """The priors from the user cache when measured before with these settings, else measured and cached.
 
     Returns (priors, cache file, whether it came from the cache). A cached file of another schema or
@@ -179,9 +178,8 @@ def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, co
         priors = Priors.from_json(text, source=str(path))
         priors.check_matches(groups, weights.fingerprint, str(path))
         return priors, path, True
-    if log is not None:
-        log(f"priors: measuring ({calibration} calibration sequences x {seq_len} tokens at {lowest.label}, "
-            f"demand over {demand_batches} batches); cached in {path}")
+    log.info(f"priors: measuring ({calibration} calibration sequences x {seq_len} tokens at {lowest.label}, "
+             f"demand over {demand_batches} batches); cached in {path}")
     priors = measure_space_priors(model=model, granularity=granularity, lowest=lowest,
                                   compute_dtype=compute_dtype, task=task, calibration=calibration, seq_len=seq_len,
                                   demand_batches=demand_batches, seed=seed)

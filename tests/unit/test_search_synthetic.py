@@ -14,7 +14,6 @@ from autoqra.search.pipeline import RunConfig, SearchPipeline
 from autoqra.search.settings import PRESETS, STRATEGIES
 from autoqra.search.stage import HIGH_FIDELITY, Evaluated
 from autoqra.search.synthetic import SyntheticEvaluator, exact_optimum, tiny_problem
-from autoqra.search.utility import utility_from_scores
 from autoqra.store.ledger import Ledger, sqlite_url
 from tests.search_kit import HQQ, tiny_codec
 
@@ -48,8 +47,8 @@ def test_memory_is_additive_here_so_the_optimum_is_exact(problem):
     rng = np.random.default_rng(0)
     for _ in range(50):
         g = codec.random(rng)
-        assert codec.peak_bytes(g) == codec.min_bytes + sum(codec.cost_table[i, f, r] for i, (f, r) in enumerate(g))
-    assert codec.peak_bytes(genome) <= budget
+        assert codec.predicted_peak_bytes(g) == codec.min_bytes + sum(codec.cost_table[i, f, r] for i, (f, r) in enumerate(g))
+    assert codec.predicted_peak_bytes(genome) <= budget
     assert evaluator.quality(genome) == pytest.approx(optimum)
 
 
@@ -59,7 +58,7 @@ def test_exact_optimum_matches_brute_force_on_a_small_space():
     rng = np.random.default_rng(5)
     evaluator = SyntheticEvaluator(codec, rng.lognormal(size=4), rng.lognormal(size=4))
     brute = max(evaluator.quality(g) for g in itertools.product(list(codec.options()), repeat=4)
-                if codec.peak_bytes(g) <= budget)
+                if codec.predicted_peak_bytes(g) <= budget)
     assert exact_optimum(codec, evaluator.table, budget)[0] == pytest.approx(brute)
 
 
@@ -68,7 +67,7 @@ def test_autoqra_reaches_the_optimum_with_fewer_high_trials_than_random(problem)
     needed = {"autoqra": [], "random": []}
     for strategy, seed in itertools.product(needed, SEEDS):
         outcome = run(problem, strategy, seed)
-        assert outcome.chosen is not None and outcome.chosen.peak_bytes <= problem[1]
+        assert outcome.chosen is not None and outcome.chosen.predicted_peak_bytes <= problem[1]
         if strategy == "autoqra":
             gap = (optimum - outcome.chosen.objective) / abs(optimum)
             assert gap <= 0.01, f"seed {seed}: best {outcome.chosen.objective:.5f}, optimum {optimum:.5f}"
@@ -91,10 +90,10 @@ def test_every_strategy_respects_budget_and_trial_budget(problem, strategy):
     codec, budget = problem[0], problem[1]
     outcome = run(problem, strategy, 0, max_cost=10)
     assert outcome.spent <= 10 + 1e-9 and outcome.archive.items
-    assert all(e.peak_bytes <= budget for e in outcome.archive.items)
-    assert all(codec.memory.total(e.ask.plan) == e.peak_bytes for e in outcome.archive.items)
+    assert all(e.predicted_peak_bytes <= budget for e in outcome.archive.items)
+    assert all(codec.memory.total(e.ask.plan) == e.predicted_peak_bytes for e in outcome.archive.items)
     assert outcome.chosen is not None
-    assert all(f.ok and f.peak_bytes <= budget for f in outcome.front)
+    assert all(f.ok and f.predicted_peak_bytes <= budget for f in outcome.front)
     if strategy == "autoqra":
         assert outcome.count("low") > 0 and outcome.hv_history and outcome.spearman_low_high is not None
         assert outcome.hv_history == sorted(outcome.hv_history)  # fixed reference: never shrinks
@@ -138,9 +137,9 @@ def test_every_result_is_stored_in_optuna_before_the_stage_is_told(problem, tmp_
     study = optuna.load_study(study_name="autoqra", storage=sqlite_url(tmp_path))
     trials = study.get_trials()
     assert len(trials) == len(outcome.archive.items) == len((tmp_path / "trials.jsonl").read_text().splitlines())
-    assert study.metric_names == ["quality", "peak_memory_bytes"]
+    assert study.metric_names == ["quality", "predicted_peak_bytes"]
     for trial, e in zip(trials, outcome.archive.items, strict=True):
-        assert trial.values == [e.objective, float(e.peak_bytes)]
+        assert trial.values == [e.objective, float(e.predicted_peak_bytes)]
         assert trial.user_attrs["fidelity"] == e.ask.fidelity and trial.user_attrs["stage"] == e.stage
         assert trial.params["block.0.format"] == e.ask.plan.groups[0].format.label
     replayed = Ledger(sqlite_url(tmp_path), None, tuple(f.label for f in codec.formats), codec.ranks).entries()

@@ -1,0 +1,249 @@
+"""What a user asks of autoqra, checked in full before any model load, measurement, training or output.
+
+A request is a frozen value built from what the user gave (strings, numbers, paths). Building one
+checks the values themselves (a budget string that parses, a known strategy and preset, a positive
+trial budget); its ``prepare_*`` function then checks everything that needs the file system or the
+model's config: the space, the model, the task file, a priors file, output paths that can be
+written, a budget some plan reaches. Every failure is an :class:`~autoqra.errors.AutoQRAError` with
+one line, raised before anything is printed, created or loaded, so the CLI exits 2 having done
+nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from autoqra.domain import Plan, QuantFormat, first_error
+from autoqra.errors import AutoQRAError, PlanError
+from autoqra.space.budget import parse_budget
+from autoqra.space.model_spec import ModelSpec, model_spec
+from autoqra.space.search_space import SearchSpace, load_space, uniform_plan
+
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES_WITH_PRIORS = ("autoqra", "sequential")
+
+
+# -- shared checks ------------------------------------------------------------------------------
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise AutoQRAError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
+def resolve_space(space: str | Path, model: str | None) -> tuple[SearchSpace, ModelSpec]:
+    """The space (a preset name or YAML path), with ``model`` overriding its model, and the model's spec."""
+    loaded = load_space(space)
+    if model is not None:
+        if not model.strip():
+            raise AutoQRAError("--model is empty")
+        loaded = loaded.with_model(model)
+    spec = model_spec(loaded.model)
+    loaded.check_model(spec)
+    return loaded, spec
+
+
+def check_task(task: str) -> None:
+    from autoqra.trials.data import check_task as check
+
+    check(task)
+
+
+def check_weights(model: str) -> None:
+    """The model's weights can be found (trials need them; estimates do not)."""
+    from autoqra.trials.models import check_weights as check
+
+    check(model)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    current = path.absolute()
+    while not current.exists():
+        current = current.parent
+    return current
+
+
+def _check_can_create_in(path: Path, what: str) -> None:
+    """``path`` (not yet existing) could be created: its nearest existing ancestor is a writable folder.
+
+    Writability is probed with a temporary file that is removed at once (``os.access`` says yes to
+    root even on a read-only file system).
+    """
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise AutoQRAError(f"cannot create {what} {path}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise AutoQRAError(f"cannot create {what} {path}: {ancestor} is not writable ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """``path`` can be written as a file (it is one already, or it can be created)."""
+    if path.is_dir():
+        raise AutoQRAError(f"{what} {path} is a directory")
+    if path.exists():
+        try:
+            with path.open("a"):
+                pass
+        except OSError as exc:
+            raise AutoQRAError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+        return
+    _check_can_create_in(path, what)
+
+
+def check_run_dir(path: Path) -> None:
+    """A run directory that is new, or an existing folder without a run in it."""
+    if path.exists() and not path.is_dir():
+        raise AutoQRAError(f"--out {path} exists and is not a directory")
+    if (path / "trials.db").exists():
+        raise AutoQRAError(f"--out {path} already holds a run (trials.db); choose a new directory "
+                           "(nothing there was changed)")
+    if path.is_dir():
+        _check_can_create_in(path / ".autoqra-probe", "files in run directory")
+    else:
+        _check_can_create_in(path, "run directory")
+
+
+def read_priors_file(path: Path, spec: ModelSpec, granularity: str) -> object:
+    """The priors of ``path``, checked against the model's groups (the weights are checked at run time)."""
+    from autoqra.priors.schema import Priors, PriorsError
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriorsError(f"cannot read --priors {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    priors = Priors.from_json(text, source=str(path))
+    priors.check_matches(spec.groups(granularity), None, str(path))
+    return priors
+
+
+# -- plans --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanChoice:
+    """A plan from a JSON file, or a uniform format and rank for every block linear."""
+
+    plan_path: Path | None = None
+    format_name: str | None = None
+    bits: int | None = None
+    group_size: int | None = None
+    double_quant: bool = False
+    rank: int | None = None
+
+    def __post_init__(self) -> None:
+        uniform = (self.format_name, self.bits, self.rank, self.group_size)
+        if self.plan_path is not None and (any(v is not None for v in uniform) or self.double_quant):
+            raise PlanError("give either --plan or --format/--bits/--rank/--group-size, not both")
+        if self.rank is not None and not 0 <= self.rank <= 4096:
+            raise PlanError(f"--rank must be in 0..4096, not {self.rank}")
+
+    def resolve(self, space: SearchSpace, spec: ModelSpec) -> tuple[Plan, str]:
+        """The plan and a label saying where it came from."""
+        from pydantic import ValidationError
+
+        if self.plan_path is not None:
+            try:
+                text = self.plan_path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PlanError(f"cannot read plan {self.plan_path}: {getattr(exc, 'strerror', None) or exc}") from None
+            plan = Plan.from_json(text, source=str(self.plan_path))
+            spec.check_plan(plan)
+            return plan, str(self.plan_path)
+        name = self.format_name or "hqq"
+        fields: dict[str, object] = {"name": name, "double_quant": self.double_quant}
+        if self.bits is not None:
+            fields["bits"] = self.bits
+        elif name == "hqq":
+            fields["bits"] = 4
+        if self.group_size is not None:
+            fields["group_size"] = self.group_size
+        try:
+            fmt = QuantFormat.model_validate(fields)
+        except ValidationError as exc:
+            raise PlanError(f"format: {first_error(exc)}") from None
+        rank = 16 if self.rank is None else self.rank
+        return uniform_plan(spec, fmt, rank, space.granularity), f"uniform {fmt.label} r={rank}"
+
+
+# -- search -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchRequest:
+    """A search as the user asks for it; ``autoqra.run_search(request)`` runs it.
+
+    ``budget``: peak training memory (``16GB`` = 16 GiB, ``qlora``, ``4bits``, ``80%``, bytes).
+    ``space``: preset name or YAML path; ``model`` and ``task`` override the space's. ``max_trials``
+    is in high-trial units (default: the preset's); ``time_limit`` like ``30m``; ``out``: the run
+    directory (default ``runs/<strategy>-<time>``).
+    """
+
+    budget: str
+    model: str | None = None
+    space: str | Path = "default"
+    task: str | None = None
+    strategy: str = "autoqra"
+    preset: str = "quick"
+    max_trials: float | None = None
+    time_limit: str | None = None
+    seed: int = 0
+    priors: Path | None = None
+    device: Device = "auto"
+    out: Path | None = None
+
+    def __post_init__(self) -> None:
+        from autoqra.search.settings import STRATEGIES, parse_duration, preset
+
+        parse_budget(self.budget)
+        if self.strategy not in STRATEGIES:
+            raise AutoQRAError(f"unknown strategy {self.strategy!r} (strategies: {', '.join(STRATEGIES)})")
+        chosen = preset(self.preset)
+        if self.max_trials is not None:
+            chosen.with_max_cost(self.max_trials)
+        if self.time_limit is not None:
+            parse_duration(self.time_limit)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise AutoQRAError(f"seed must be a non-negative integer, not {self.seed!r}")
+        check_device(self.device)
+
+
+# -- trial --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialRequest:
+    """One real trial of a plan at a fidelity of the space; ``autoqra.service.trial.run_trial`` runs it."""
+
+    plan: PlanChoice = PlanChoice()
+    model: str | None = None
+    space: str | Path = "default"
+    task: str | None = None
+    fidelity: str = "micro"
+    init: Literal["default", "loftq"] = "default"
+    seed: int = 0
+    device: Device = "auto"
+    grad_checkpointing: bool = False
+    out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.init not in ("default", "loftq"):
+            raise AutoQRAError(f"--init must be default or loftq, not {self.init!r}")
+        check_device(self.device)
+
+
+# -- priors -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PriorsRequest:
+    """Measuring the priors of a space's model on a task; ``autoqra.service.priors.run_priors`` runs it."""
+
+    model: str | None = None
+    space: str | Path = "default"
+    task: str | None = None
+    calibration: int = 16
+    seq_len: int = 128
+    demand_batches: int = 4
+    seed: int = 0
+    out: Path = Path("priors.json")
+
+    def __post_init__(self) -> None:
+        if min(self.calibration, self.demand_batches) < 1 or self.seq_len < 8:
+            raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")

@@ -1,0 +1,233 @@
+"""The search as a library call: ``run_search(SearchRequest(budget="qlora"))``.
+
+``prepare_search`` checks a request in full (space, model, task, budget, priors file, run directory)
+before anything is created, loaded or logged; ``run_search`` then assembles the parts — priors,
+evaluator, ledger, pipeline — runs the search and writes the run directory. Progress goes to the
+``autoqra`` logger (the CLI prints it on stderr); the outcome comes back as a value, so a notebook,
+a Ray job or a test runs a search without faking command-line arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoqra.domain import Plan
+from autoqra.errors import AutoQRAError
+from autoqra.priors.schema import Priors
+from autoqra.search.codec import SearchCodec
+from autoqra.search.pipeline import RunConfig, RunOutcome, SearchPipeline, fidelity_costs
+from autoqra.search.repair import Repairer
+from autoqra.search.settings import SearchPreset, parse_duration, preset
+from autoqra.search.utility import PriorUtility, flat_utility, utility_from_priors
+from autoqra.service.requests import (
+    STRATEGIES_WITH_PRIORS,
+    SearchRequest,
+    check_run_dir,
+    check_task,
+    check_weights,
+    read_priors_file,
+    resolve_space,
+)
+from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
+from autoqra.space.model_spec import ModelSpec
+from autoqra.space.reference import QLORA_FORMAT, REFERENCE_RANK
+from autoqra.space.search_space import SearchSpace
+
+if TYPE_CHECKING:
+    from autoqra.trials.evaluator import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedSearch:
+    """A checked request with everything resolved that needs no model weights."""
+
+    request: SearchRequest
+    space: SearchSpace
+    spec: ModelSpec
+    task: str
+    preset: SearchPreset
+    time_limit_s: float | None
+    codec: SearchCodec
+    budget: ResolvedBudget
+    priors: Priors | None  # from the request's priors file; None: measured (or cached) at run time
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a finished search returns: the run directory and what the search found."""
+
+    run_dir: Path
+    budget_bytes: int
+    run: RunOutcome
+    files: tuple[str, ...]
+    codec: SearchCodec
+
+    @property
+    def chosen_plan(self) -> Plan | None:
+        return self.run.chosen.ask.plan if self.run.chosen is not None else None
+
+    def report_lines(self) -> list[str]:
+        from autoqra.report.run_files import report_lines
+
+        return report_lines(self.run, self.budget_bytes)
+
+
+def prepare_search(request: SearchRequest) -> PreparedSearch:
+    """Check ``request`` against the file system and the model's config; raises AutoQRAError (one line)."""
+    space, spec = resolve_space(request.space, request.model)
+    check_weights(space.model)
+    task = request.task or space.task
+    check_task(task)
+    chosen = preset(request.preset)
+    if request.max_trials is not None:
+        chosen = chosen.with_max_cost(request.max_trials)
+    codec = SearchCodec(spec, space)
+    budget = resolve(parse_budget(request.budget), codec.memory)
+    Repairer(codec, flat_utility(codec), budget.bytes).check_reachable()  # InfeasibleBudget states the minimum
+    priors = None
+    if request.priors is not None:
+        priors = read_priors_file(request.priors, spec, space.granularity)
+    elif request.strategy in STRATEGIES_WITH_PRIORS and not space.ladder(spec)[0].quantized:
+        raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
+    run_dir = request.out or Path("runs") / f"{request.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_dir(run_dir)
+    return PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
+                          time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
+                          codec=codec, budget=budget, priors=priors, run_dir=run_dir)  # type: ignore[arg-type]
+
+
+def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
+    """Run a search end to end and write its run directory (see ``docs/search.md``)."""
+    p = request if isinstance(request, PreparedSearch) else prepare_search(request)
+    _log_settings(p)
+    try:
+        p.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AutoQRAError(f"cannot create run directory {p.run_dir}: {exc.strerror or exc}") from None
+    log.info(f"  run dir   {p.run_dir}")
+    utility, sensitivity, priors = flat_utility(p.codec), None, None
+    if p.request.strategy in STRATEGIES_WITH_PRIORS:
+        import numpy as np
+
+        priors = _priors(p)
+        utility = utility_from_priors(p.codec, priors)
+        sensitivity = np.array([g.sensitivity for g in priors.groups])
+        (p.run_dir / "priors.json").write_text(priors.to_json() + "\n")
+    evaluator, device, checkpointing = _evaluator(p)
+    _write_settings(p, device, checkpointing, priors is not None)
+    run = _run_pipeline(p, utility, sensitivity, evaluator)
+    from autoqra.report.run_files import write_run_files
+
+    files = write_run_files(p.run_dir, run, p.budget.bytes)
+    return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec,
+                         files=(*files, "settings.json", "trials.db", "trials.jsonl"))
+
+
+def _log_settings(p: PreparedSearch) -> None:
+    codec, space, setup, budget = p.codec, p.space, p.space.setup, p.budget
+    costs = fidelity_costs(space.fidelities)
+    log.info(f"search: model {space.model} ({len(codec.groups)} {space.granularity} groups), task {p.task}, "
+             f"space {space.name}")
+    log.info(f"  choices   formats {', '.join(f.label for f in codec.formats)} (ladder by stored bytes); "
+             f"ranks {', '.join(map(str, codec.ranks))}")
+    log.info(f"  budget    {budget.explanation} ({format_bytes(budget.bytes)}; GB = GiB = 2^30 bytes) of peak "
+             f"training memory at batch {setup.batch_size} x seq {setup.seq_len}, {setup.compute_dtype}, "
+             f"{setup.optimizer}, {'with' if setup.grad_checkpointing else 'without'} gradient checkpointing")
+    log.info(f"  reachable {format_bytes(codec.min_bytes)} (cheapest plan) to {format_bytes(codec.max_bytes)} "
+             "(richest plan)")
+    if codec.max_bytes <= budget.bytes:
+        log.info("  note      every plan of the space fits this budget: the constraint never binds, the front is "
+                 "still explored")
+    limit = f", time limit {p.time_limit_s:.0f} s" if p.time_limit_s else ""
+    log.info(f"  strategy  {p.request.strategy}, preset {p.preset.name}: trial budget {p.preset.max_cost:g} "
+             f"high-trial units{limit}, seed {p.request.seed}")
+    for name in ("low", "high"):
+        f = space.fidelities[name]
+        log.info(f"  fidelity  {name}: {f.steps} steps x batch {f.batch_size} x seq {f.seq_len}, "
+                 f"{f.eval_examples} eval examples; cost {costs[name]:.3g}")
+
+
+def _priors(p: PreparedSearch) -> Priors:
+    from autoqra.trials.importance import cached_space_priors
+    from autoqra.trials.models import resolve_weights
+
+    space = p.space
+    if p.priors is not None:
+        assert p.request.priors is not None
+        p.priors.check_matches(p.spec.groups(space.granularity), resolve_weights(space.model).fingerprint,
+                               str(p.request.priors))
+        log.info(f"priors: from {p.request.priors}")
+        return p.priors
+    lowest = space.ladder(p.spec)[0]
+    settings = p.preset.priors
+    started = time.perf_counter()
+    priors, path, cached = cached_space_priors(
+        model=space.model, granularity=space.granularity, lowest=lowest, compute_dtype=space.training.compute_dtype,
+        task=p.task, calibration=settings.calibration, seq_len=settings.seq_len,
+        demand_batches=settings.demand_batches, seed=0)
+    log.info(f"priors: {'from the cache' if cached else 'measured'} ({path}, {time.perf_counter() - started:.0f} s)")
+    ranked = sorted(priors.groups, key=lambda g: -g.sensitivity)
+    log.info(f"priors: most sensitive to {lowest.label}: "
+             + ", ".join(f"{g.name} ({g.sensitivity:.3f})" for g in ranked[:4]))
+    return priors
+
+
+def _evaluator(p: PreparedSearch) -> tuple[Evaluator, str, bool]:
+    import torch
+
+    from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
+
+    requested = p.request.device
+    device = requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    t = p.space.training
+    # The memory objective is always the prediction for the budget's setup. On CUDA trials also use
+    # its gradient checkpointing, so their measured peaks compare with the prediction; on CPU
+    # checkpointing would only slow trials (same gradients) and peaks are not measured.
+    checkpointing = t.grad_checkpointing and device == "cuda"
+    config = EvaluatorConfig(model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=device,
+                             learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
+                             grad_checkpointing=checkpointing, optimizer=t.optimizer)
+    checkpoint_note = "on" if checkpointing else "off (it changes memory, not results; the memory objective " \
+                                                 "still uses the budget setup)"
+    log.info(f"  trials    on {device}, {t.compute_dtype}, {t.optimizer}, gradient checkpointing {checkpoint_note}")
+    return Evaluator(config), device, checkpointing
+
+
+def _write_settings(p: PreparedSearch, device: str, checkpointing: bool, has_priors: bool) -> None:
+    r = p.request
+    settings = {
+        "model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task, "strategy": r.strategy,
+        "preset": asdict(p.preset), "budget": {"text": r.budget, "bytes": p.budget.bytes,
+                                              "explanation": p.budget.explanation},
+        "seed": r.seed, "time_limit_s": p.time_limit_s, "fidelity_costs": fidelity_costs(p.space.fidelities),
+        "device": device, "trial_grad_checkpointing": checkpointing,
+        "priors_file": "priors.json" if has_priors else None,
+    }
+    (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: object, evaluator: Evaluator) -> RunOutcome:
+    from autoqra.executors.inline import InlineExecutor
+    from autoqra.store.ledger import Ledger, sqlite_url
+
+    codec = p.codec
+    # the store's choices: the space's, plus the QLoRA reference the uniform baseline also runs
+    labels = tuple(dict.fromkeys([*(f.label for f in codec.formats), QLORA_FORMAT.label]))
+    ranks = tuple(sorted({*codec.ranks, REFERENCE_RANK}))
+    ledger = Ledger(sqlite_url(p.run_dir), p.run_dir / "trials.jsonl", labels, ranks)
+    fidelities = dict(p.space.fidelities)
+    pipeline = SearchPipeline(
+        codec=codec, utility=utility, runner=InlineExecutor(evaluator, fidelities), fidelities=fidelities,
+        ledger=ledger, sensitivity=sensitivity,  # type: ignore[arg-type]
+        config=RunConfig(strategy=p.request.strategy, preset=p.preset, budget_bytes=p.budget.bytes,
+                         seed=p.request.seed, time_limit_s=p.time_limit_s),
+    )
+    return pipeline.run()
