@@ -38,7 +38,7 @@ class SearchPreset:
 
 
 PRESETS: dict[str, SearchPreset] = {
-    # 12 low + 9 high trials; `make search` took 10.9 min on a 2-core CPU with a fresh cache
+    # 12 low + 9 high trials; `make search` searched for 8.2 min on a 2-core CPU with a fresh cache
     "quick": SearchPreset("quick", max_cost=12.0, stage1_share=0.75,
                           evolution=EvolutionSettings(population=6, promote=3, screen_factor=4),
                           priors=PriorSettings(calibration=4, seq_len=64, demand_batches=2)),

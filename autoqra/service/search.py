@@ -126,9 +126,10 @@ def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
     run = _run_pipeline(p, utility, sensitivity, evaluator)
     from autoqra.report.run_files import write_run_files
 
-    files = write_run_files(p.run_dir, run, p.budget.bytes)
-    return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec,
-                         files=(*files, "settings.json", "trials.db", "trials.jsonl"))
+    written = write_run_files(p.run_dir, run, p.budget.bytes)
+    files = tuple(f for f in (*written, "settings.json", "priors.json", "trials.db", "trials.jsonl")
+                  if (p.run_dir / f).is_file())
+    return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec, files=files)
 
 
 def _log_settings(p: PreparedSearch) -> None:

@@ -107,7 +107,7 @@ class Ledger:
         return number
 
     def entries(self) -> list[LedgerEntry]:
-        """Every recorded trial, in recording order (the replay a resume starts from)."""
+        """Every recorded trial, in recording order, as recorded (results and their predicted peaks)."""
         out = []
         for t in self.study.get_trials(deepcopy=False):
             attrs = t.user_attrs

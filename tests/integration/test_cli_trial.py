@@ -45,3 +45,20 @@ def test_bad_trial_input_is_one_line(env, args, needle):
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_json_output_stays_json_with_a_corrupt_cache_entry(env, cache_dir):
+    """A damaged quantized-layer cache file is reported on stderr and rebuilt; stdout is only the JSON."""
+    args = ("--format", "nf4", "--rank", "4", "--fidelity", "micro", "--json")
+    first = run(env, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted((cache_dir / "qlayers").glob("*/*.nf4.*.safetensors"))
+    assert entries, "the first trial cached its NF4 layers"
+    entries[0].write_bytes(b"\x00garbage, not safetensors")
+    second = run(env, *args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    result = json.loads(second.stdout)  # the whole of stdout is one JSON document
+    assert "ignoring unreadable cache entry" in second.stderr and entries[0].name in second.stderr
+    # the entry was rebuilt from the weights: the same layer, so the same trial
+    assert result["metrics"]["eval_loss"] == json.loads(first.stdout)["metrics"]["eval_loss"]
+    assert entries[0].stat().st_size > 1000

@@ -1,0 +1,66 @@
+"""Bad input that used to be refused late (after a settings header, a model load or minutes of
+measurement) is now refused first: exit 2, exactly one line on stderr, nothing on stdout, nothing
+created or written, within seconds (no model load, measurement or training happened)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "garbage-priors.json").write_text("{not json")
+    return tmp_path
+
+
+CASES = {
+    "search, --out below a file": (
+        ["search", "--budget", "qlora", "--out", "a-file/run"], "cannot create run directory"),
+    "search, unreadable --priors": (
+        ["search", "--budget", "qlora", "--priors", "no-such-priors.json", "--out", "run"], "cannot read --priors"),
+    "search, --priors not JSON": (
+        ["search", "--budget", "qlora", "--priors", "garbage-priors.json", "--out", "run"], "not valid JSON"),
+    "search, empty --task file": (
+        ["search", "--budget", "qlora", "--task", "empty.jsonl", "--out", "run"], "needs at least 2"),
+    "trial, empty --task file": (
+        ["trial", "--task", "empty.jsonl"], "needs at least 2"),
+    "trial, --out below a file": (
+        ["trial", "--out", "a-file/result.json"], "cannot create --out"),
+    "priors, --out below a file": (
+        ["priors", "--out", "a-file/priors.json"], "cannot create --out"),
+    "estimate, empty --budget": (
+        ["estimate", "--budget", ""], "budget is empty"),
+    "estimate, --save-plan below a file": (
+        ["estimate", "--save-plan", "a-file/plan.json"], "cannot create --save-plan"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_refused_first_in_one_line(workdir, case):
+    args, needle = CASES[case]
+    cache = workdir / "cache"  # must stay absent: no model conversion, no priors, no quantized layers
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AUTOQRA_CACHE": str(cache)}
+    before = tree(workdir)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "autoqra", *args], capture_output=True, text=True, cwd=workdir,
+                          env=env, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoqra: error: ") and needle in lines[0], lines
+    assert proc.stdout == ""
+    assert tree(workdir) == before  # nothing created or written, the cache included
+    # refused before any model load, measurement or training (each takes far longer than this)
+    assert elapsed < 10, f"took {elapsed:.1f} s"
