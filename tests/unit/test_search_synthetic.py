@@ -144,3 +144,27 @@ def test_every_result_is_stored_in_optuna_before_the_stage_is_told(problem, tmp_
         assert trial.params["block.0.format"] == e.ask.plan.groups[0].format.label
     replayed = Ledger(sqlite_url(tmp_path), None, tuple(f.label for f in codec.formats), codec.ranks).entries()
     assert [r.result for r in replayed] == [e.result for e in outcome.archive.items]
+    assert [r.predicted_peak_bytes for r in replayed] == [e.predicted_peak_bytes for e in outcome.archive.items]
+
+
+def test_ledger_reads_run_directories_written_before_the_rename(problem, tmp_path):
+    """Runs recorded before ``peak_bytes`` became ``predicted_peak_bytes`` still replay."""
+    import optuna
+
+    codec, budget, evaluator, _, _, utility = problem
+    labels = tuple(f.label for f in codec.formats)
+    ledger = Ledger(sqlite_url(tmp_path), None, labels, codec.ranks)
+    plan = codec.decode(codec.cheapest_genome)
+    result = evaluator.evaluate(plan, codec.space.fidelities["high"], 0)
+    ledger.record(result, predicted_peak_bytes=123, stage="nsga2", fidelity="high")
+    # rewrite the stored attributes as an older autoqra wrote them
+    study = optuna.load_study(study_name="autoqra", storage=sqlite_url(tmp_path))
+    old = study.get_trials()[0]
+    attrs = {k: v for k, v in old.user_attrs.items() if k != "predicted_peak_bytes"} | {"peak_bytes": 123}
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    old_study = optuna.create_study(storage=sqlite_url(legacy), study_name="autoqra", directions=["maximize", "minimize"])
+    old_study.add_trial(optuna.trial.create_trial(params=old.params, distributions=old.distributions,
+                                                  user_attrs=attrs, values=old.values))
+    entries = Ledger(sqlite_url(legacy), None, labels, codec.ranks).entries()
+    assert [(e.predicted_peak_bytes, e.result) for e in entries] == [(123, result)]
