@@ -7,9 +7,9 @@ import dataclasses
 import json
 from typing import Any
 
-from autoqra.commands.common import plan_choice, write_text
+from autoqra.commands.common import plan_choice
 from autoqra.domain import Plan
-from autoqra.service.requests import check_output_file, resolve_space
+from autoqra.service.requests import check_output_file, resolve_space, write_output
 from autoqra.service.trial import plan_counts, plan_summary
 from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
 from autoqra.space.formats import DTYPE_BYTES, weight_storage_bytes
@@ -40,7 +40,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     budget = resolve(parse_budget(args.budget), memory) if args.budget is not None else None
     if args.save_plan:
         check_output_file(args.save_plan, "--save-plan")
-        write_text(args.save_plan, plan.to_json() + "\n")
+        write_output(args.save_plan, plan.to_json() + "\n")
     bits = stored_bits_per_weight(plan, spec, setup)
     if args.json:
         _print_json(space, spec, setup, plan, plan_source, bits, breakdown, budget)

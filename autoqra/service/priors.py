@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from autoqra.domain import QuantFormat
 from autoqra.errors import AutoQRAError
 from autoqra.priors.schema import Priors
-from autoqra.service.requests import PriorsRequest, check_output_file, check_task, check_weights, resolve_space
+from autoqra.service.requests import (
+    PriorsRequest,
+    check_output_file,
+    check_task,
+    check_weights,
+    resolve_space,
+    write_output,
+)
 from autoqra.space.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -50,9 +57,5 @@ def run_priors(request: PriorsRequest | PreparedPriors) -> Priors:
         model=space.model, granularity=space.granularity, lowest=p.lowest, compute_dtype=dtype, task=p.task,
         calibration=r.calibration, seq_len=r.seq_len, demand_batches=r.demand_batches, seed=r.seed,
     )
-    try:
-        r.out.parent.mkdir(parents=True, exist_ok=True)
-        r.out.write_text(priors.to_json() + "\n")
-    except OSError as exc:
-        raise AutoQRAError(f"cannot write {r.out}: {exc.strerror or exc}") from None
+    write_output(r.out, priors.to_json() + "\n")
     return priors

@@ -95,6 +95,15 @@ def check_output_file(path: Path, what: str) -> None:
     _check_can_create_in(path, what)
 
 
+def write_output(path: Path, text: str) -> None:
+    """Write a result file (its folder created); AutoQRAError in one line when the system refuses."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise AutoQRAError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def check_run_dir(path: Path) -> None:
     """A run directory that is new, or an existing folder without a run in it."""
     if path.exists() and not path.is_dir():

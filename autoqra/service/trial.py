@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from autoqra.domain import Fidelity, Plan, TrialResult, derive_seed
 from autoqra.errors import AutoQRAError
-from autoqra.service.requests import TrialRequest, check_output_file, check_task, check_weights, resolve_space
+from autoqra.service.requests import (
+    TrialRequest,
+    check_output_file,
+    check_task,
+    check_weights,
+    resolve_space,
+    write_output,
+)
 from autoqra.space.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -59,11 +66,7 @@ def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
     log.info(f"plan: {p.plan_source}; {plan_summary(p.plan)}")
     result = Evaluator(config).evaluate(p.plan, f, p.seed)
     if r.out is not None:
-        try:
-            r.out.parent.mkdir(parents=True, exist_ok=True)
-            r.out.write_text(result.to_json() + "\n")
-        except OSError as exc:
-            raise AutoQRAError(f"cannot write {r.out}: {exc.strerror or exc}") from None
+        write_output(r.out, result.to_json() + "\n")
     return result
 
 
