@@ -18,6 +18,7 @@ from typing import Literal
 
 from autoqra.domain import Plan, QuantFormat, first_error
 from autoqra.errors import AutoQRAError, PlanError
+from autoqra.priors.schema import Priors
 from autoqra.space.budget import parse_budget
 from autoqra.space.model_spec import ModelSpec, model_spec
 from autoqra.space.search_space import SearchSpace, load_space, uniform_plan
@@ -117,9 +118,9 @@ def check_run_dir(path: Path) -> None:
         _check_can_create_in(path, "run directory")
 
 
-def read_priors_file(path: Path, spec: ModelSpec, granularity: str) -> object:
+def read_priors_file(path: Path, spec: ModelSpec, granularity: str) -> Priors:
     """The priors of ``path``, checked against the model's groups (the weights are checked at run time)."""
-    from autoqra.priors.schema import Priors, PriorsError
+    from autoqra.priors.schema import PriorsError
 
     try:
         text = path.read_text()

@@ -39,6 +39,8 @@ from autoqra.space.reference import QLORA_FORMAT, REFERENCE_RANK
 from autoqra.space.search_space import SearchSpace
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from autoqra.trials.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
     check_run_dir(run_dir)
     return PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
                           time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
-                          codec=codec, budget=budget, priors=priors, run_dir=run_dir)  # type: ignore[arg-type]
+                          codec=codec, budget=budget, priors=priors, run_dir=run_dir)
 
 
 def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
@@ -115,7 +117,7 @@ def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
     log.info(f"  run dir   {p.run_dir}")
     utility, sensitivity, priors = flat_utility(p.codec), None, None
     if p.request.strategy in STRATEGIES_WITH_PRIORS:
-        import numpy as np
+        import numpy as np  # noqa: F811 (the TYPE_CHECKING import is for annotations only)
 
         priors = _priors(p)
         utility = utility_from_priors(p.codec, priors)
@@ -215,7 +217,8 @@ def _write_settings(p: PreparedSearch, device: str, checkpointing: bool, has_pri
     (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: object, evaluator: Evaluator) -> RunOutcome:
+def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: np.ndarray | None,
+                  evaluator: Evaluator) -> RunOutcome:
     from autoqra.executors.inline import InlineExecutor
     from autoqra.store.ledger import Ledger, sqlite_url
 
@@ -227,7 +230,7 @@ def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: object,
     fidelities = dict(p.space.fidelities)
     pipeline = SearchPipeline(
         codec=codec, utility=utility, runner=InlineExecutor(evaluator, fidelities), fidelities=fidelities,
-        ledger=ledger, sensitivity=sensitivity,  # type: ignore[arg-type]
+        ledger=ledger, sensitivity=sensitivity,
         config=RunConfig(strategy=p.request.strategy, preset=p.preset, budget_bytes=p.budget.bytes,
                          seed=p.request.seed, time_limit_s=p.time_limit_s),
     )

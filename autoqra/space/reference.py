@@ -22,4 +22,4 @@ def qlora_plan(spec: ModelSpec, granularity: str = "block") -> Plan:
 
 def lora16_plan(spec: ModelSpec, compute_dtype: str, granularity: str = "block") -> Plan:
     """16-bit LoRA, r=16: block weights unquantized in the compute dtype."""
-    return uniform_plan(spec, QuantFormat(name=compute_dtype), REFERENCE_RANK, granularity)  # type: ignore[arg-type]
+    return uniform_plan(spec, QuantFormat(name=compute_dtype), REFERENCE_RANK, granularity)  # type: ignore[arg-type, call-arg]
