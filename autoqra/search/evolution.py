@@ -21,7 +21,6 @@ The stage stops starting generations once the next one would overrun its allotme
 from __future__ import annotations
 
 import logging
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -10,7 +10,6 @@ stage hears of it, so a crash loses at most the trials still running. Trial seed
 from __future__ import annotations
 
 import logging
-
 import math
 import time
 from dataclasses import dataclass, field

@@ -15,7 +15,6 @@ centre. A success is an improvement of the incumbent by more than ``1e-3 * |incu
 from __future__ import annotations
 
 import logging
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace

@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,27 @@ STRATEGIES_WITH_PRIORS = ("autoqra", "sequential")
 def check_device(device: str) -> None:
     if device not in DEVICES:
         raise AutoQRAError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
+def resolve_device(device: str) -> str:
+    """The device trials will use (``auto`` resolved); ``cuda`` where there is none is an error."""
+    from autoqra.trials.models import resolve_device as resolve
+
+    return resolve(device)
+
+
+def check_optimizer(space: SearchSpace) -> None:
+    """Trials can train with the space's optimizer (bitsandbytes' 8-bit ones must be importable)."""
+    name = space.training.optimizer
+    if name == "adamw":
+        return
+    try:
+        import bitsandbytes.optim as bnb_optim
+    except ImportError as exc:
+        raise AutoQRAError(f"space {space.name}: training.optimizer {name} needs bitsandbytes' 8-bit optimizers, "
+                           f"which cannot be imported here ({exc}); use adamw") from None
+    if not hasattr(bnb_optim, {"adamw8bit": "AdamW8bit", "paged_adamw8bit": "PagedAdamW8bit"}[name]):
+        raise AutoQRAError(f"space {space.name}: this bitsandbytes has no {name} optimizer; use adamw")
 
 
 def resolve_space(space: str | Path, model: str | None) -> tuple[SearchSpace, ModelSpec]:
@@ -66,6 +88,14 @@ def _existing_ancestor(path: Path) -> Path:
     return current
 
 
+def _probe(check: Callable[[], None], path: Path, what: str) -> None:
+    """Run a path check; a folder that cannot even be looked into is a one-line error, not a traceback."""
+    try:
+        check()
+    except OSError as exc:  # e.g. PermissionError from exists() below an unsearchable folder
+        raise AutoQRAError(f"cannot use {what} {path}: {exc.strerror or exc}") from None
+
+
 def _check_can_create_in(path: Path, what: str) -> None:
     """``path`` (not yet existing) could be created: its nearest existing ancestor is a writable folder.
 
@@ -84,6 +114,10 @@ def _check_can_create_in(path: Path, what: str) -> None:
 
 def check_output_file(path: Path, what: str) -> None:
     """``path`` can be written as a file (it is one already, or it can be created)."""
+    _probe(lambda: _check_output_file(path, what), path, what)
+
+
+def _check_output_file(path: Path, what: str) -> None:
     if path.is_dir():
         raise AutoQRAError(f"{what} {path} is a directory")
     if path.exists():
@@ -107,6 +141,10 @@ def write_output(path: Path, text: str) -> None:
 
 def check_run_dir(path: Path) -> None:
     """A run directory that is new, or an existing folder without a run in it."""
+    _probe(lambda: _check_run_dir(path), path, "run directory")
+
+
+def _check_run_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise AutoQRAError(f"--out {path} exists and is not a directory")
     if (path / "trials.db").exists():
@@ -118,8 +156,9 @@ def check_run_dir(path: Path) -> None:
         _check_can_create_in(path, "run directory")
 
 
-def read_priors_file(path: Path, spec: ModelSpec, granularity: str) -> Priors:
-    """The priors of ``path``, checked against the model's groups (the weights are checked at run time)."""
+def read_priors_file(path: Path, spec: ModelSpec, granularity: str, fingerprint: str | None) -> Priors:
+    """The priors of ``path``, checked against the model's groups and, when known (``fingerprint``), its
+    weights; weights that are not local yet are checked at run time."""
     from autoqra.priors.schema import PriorsError
 
     try:
@@ -127,8 +166,21 @@ def read_priors_file(path: Path, spec: ModelSpec, granularity: str) -> Priors:
     except (OSError, UnicodeDecodeError) as exc:
         raise PriorsError(f"cannot read --priors {path}: {getattr(exc, 'strerror', None) or exc}") from None
     priors = Priors.from_json(text, source=str(path))
-    priors.check_matches(spec.groups(granularity), None, str(path))
+    priors.check_matches(spec.groups(granularity), fingerprint, str(path))
     return priors
+
+
+def _as_paths(request: object, *fields: str) -> None:
+    """Strings given for path fields (a notebook passes "runs/x") become Paths on a frozen request."""
+    for name in fields:
+        value = getattr(request, name)
+        if isinstance(value, str):
+            object.__setattr__(request, name, Path(value))
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise AutoQRAError(f"seed must be a non-negative integer, not {seed!r}")
 
 
 # -- plans --------------------------------------------------------------------------------------
@@ -144,6 +196,7 @@ class PlanChoice:
     rank: int | None = None
 
     def __post_init__(self) -> None:
+        _as_paths(self, "plan_path")
         uniform = (self.format_name, self.bits, self.rank, self.group_size)
         if self.plan_path is not None and (any(v is not None for v in uniform) or self.double_quant):
             raise PlanError("give either --plan or --format/--bits/--rank/--group-size, not both")
@@ -205,6 +258,7 @@ class SearchRequest:
     def __post_init__(self) -> None:
         from autoqra.search.settings import STRATEGIES, parse_duration, preset
 
+        _as_paths(self, "priors", "out")
         parse_budget(self.budget)
         if self.strategy not in STRATEGIES:
             raise AutoQRAError(f"unknown strategy {self.strategy!r} (strategies: {', '.join(STRATEGIES)})")
@@ -213,8 +267,7 @@ class SearchRequest:
             chosen.with_max_cost(self.max_trials)
         if self.time_limit is not None:
             parse_duration(self.time_limit)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise AutoQRAError(f"seed must be a non-negative integer, not {self.seed!r}")
+        _check_seed(self.seed)
         check_device(self.device)
 
 
@@ -235,6 +288,8 @@ class TrialRequest:
     out: Path | None = None
 
     def __post_init__(self) -> None:
+        _as_paths(self, "out")
+        _check_seed(self.seed)
         if self.init not in ("default", "loftq"):
             raise AutoQRAError(f"--init must be default or loftq, not {self.init!r}")
         check_device(self.device)
@@ -255,5 +310,7 @@ class PriorsRequest:
     out: Path = Path("priors.json")
 
     def __post_init__(self) -> None:
+        _as_paths(self, "out")
+        _check_seed(self.seed)
         if min(self.calibration, self.demand_batches) < 1 or self.seq_len < 8:
             raise AutoQRAError("--calibration and --demand-batches must be >= 1, --seq-len >= 8")

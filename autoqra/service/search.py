@@ -27,10 +27,12 @@ from autoqra.search.utility import PriorUtility, flat_utility, utility_from_prio
 from autoqra.service.requests import (
     STRATEGIES_WITH_PRIORS,
     SearchRequest,
+    check_optimizer,
     check_run_dir,
     check_task,
     check_weights,
     read_priors_file,
+    resolve_device,
     resolve_space,
 )
 from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
@@ -94,9 +96,13 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
     codec = SearchCodec(spec, space)
     budget = resolve(parse_budget(request.budget), codec.memory)
     Repairer(codec, flat_utility(codec), budget.bytes).check_reachable()  # InfeasibleBudget states the minimum
+    check_optimizer(space)
+    resolve_device(request.device)
     priors = None
     if request.priors is not None:
-        priors = read_priors_file(request.priors, spec, space.granularity)
+        from autoqra.trials.models import local_fingerprint
+
+        priors = read_priors_file(request.priors, spec, space.granularity, local_fingerprint(space.model))
     elif request.strategy in STRATEGIES_WITH_PRIORS and not space.ladder(spec)[0].quantized:
         raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
     run_dir = request.out or Path("runs") / f"{request.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -109,6 +115,7 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
 def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
     """Run a search end to end and write its run directory (see ``docs/search.md``)."""
     p = request if isinstance(request, PreparedSearch) else prepare_search(request)
+    check_run_dir(p.run_dir)  # again: a prepared search may be run twice, never into one run directory
     _log_settings(p)
     try:
         p.run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,12 +191,9 @@ def _priors(p: PreparedSearch) -> Priors:
 
 
 def _evaluator(p: PreparedSearch) -> tuple[Evaluator, str, bool]:
-    import torch
-
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
-    requested = p.request.device
-    device = requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(p.request.device)
     t = p.space.training
     # The memory objective is always the prediction for the budget's setup. On CUDA trials also use
     # its gradient checkpointing, so their measured peaks compare with the prediction; on CPU

@@ -9,9 +9,11 @@ from autoqra.domain import Fidelity, Plan, TrialResult, derive_seed
 from autoqra.errors import AutoQRAError
 from autoqra.service.requests import (
     TrialRequest,
+    check_optimizer,
     check_output_file,
     check_task,
     check_weights,
+    resolve_device,
     resolve_space,
     write_output,
 )
@@ -42,6 +44,8 @@ def prepare_trial(request: TrialRequest) -> PreparedTrial:
     plan.check_trainable()
     task = request.task or space.task
     check_task(task)
+    check_optimizer(space)
+    resolve_device(request.device)
     if request.out is not None:
         check_output_file(request.out, "--out")
     fidelity = space.fidelities[request.fidelity]

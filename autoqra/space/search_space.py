@@ -141,7 +141,11 @@ class SearchSpace(BaseModel):
 def _presets() -> Traversable:
     from importlib.resources import files
 
-    return files(PRESET_PACKAGE)
+    try:
+        return files(PRESET_PACKAGE)
+    except ModuleNotFoundError:  # an install that predates the presets' move into package data
+        raise SpaceError(f"the preset spaces ({PRESET_PACKAGE}) are not installed; reinstall autoqra "
+                         "(`pip install -e .` in a checkout, or `make setup`)") from None
 
 
 def preset_names() -> list[str]:

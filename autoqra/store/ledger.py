@@ -53,16 +53,17 @@ class Ledger:
         except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or unreadable file
             raise StoreError(f"cannot open the trial store {storage_url}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # set_metric_names is marked experimental
-            self.study.set_metric_names(METRIC_NAMES)
+        self._count = len(self.study.get_trials(deepcopy=False))  # trials recorded so far (one read at open)
+        if self._count == 0:  # a new study; an existing one (an older run directory) is only read
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+                self.study.set_metric_names(METRIC_NAMES)
         self.storage_url = storage_url
         self.jsonl_path = jsonl_path
         self._format = CategoricalDistribution(list(format_labels))
         self._rank = CategoricalDistribution(list(ranks))
         self._labels = set(format_labels)
         self._ranks = set(ranks)
-        self._count = len(self.study.get_trials(deepcopy=False))  # trials recorded so far (one read at open)
 
     def _params(self, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
         params: dict[str, Any] = {}
@@ -113,9 +114,11 @@ class Ledger:
             attrs = t.user_attrs
             if "result" not in attrs:
                 continue
+            peak = attrs.get("predicted_peak_bytes", attrs.get("peak_bytes"))  # the name before the rename
+            if peak is None:
+                raise StoreError(f"trial {t.number} of {self.storage_url} has no predicted peak; not an autoqra study")
             out.append(LedgerEntry(result=TrialResult.model_validate_json(json.dumps(attrs["result"])),
-                                   predicted_peak_bytes=int(attrs.get("predicted_peak_bytes", attrs.get("peak_bytes"))),
-                                   stage=str(attrs["stage"]),
+                                   predicted_peak_bytes=int(peak), stage=str(attrs["stage"]),
                                    fidelity=str(attrs["fidelity"])))
         return out
 

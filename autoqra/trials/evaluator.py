@@ -23,7 +23,7 @@ from autoqra.trials.data import TaskData, build_task
 from autoqra.trials.footprint import measure_footprint
 from autoqra.trials.layer_cache import LayerCache
 from autoqra.trials.lora import attach_lora, init_default, init_from_residuals
-from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_weights
+from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_device, resolve_weights
 from autoqra.trials.quantize import quantize_model
 from autoqra.trials.train import TrainConfig, TrainOutcome, eval_accuracy, eval_loss, train
 
@@ -62,10 +62,8 @@ class Evaluator:
     """Runs real trials of plans for one model and task."""
 
     def __init__(self, config: EvaluatorConfig, model_loader: Any = None) -> None:
-        import torch
-
         self.config = config
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        self.device = resolve_device(config.device)
         self._loader = model_loader
         if model_loader is None:
             self.weights: Weights | None = resolve_weights(config.model)
@@ -80,7 +78,6 @@ class Evaluator:
         self.layer_cache = LayerCache(root if fingerprint else None, fingerprint or "in-process")
         self._data: dict[tuple[int, int, int], TaskData] = {}
         self._versions = library_versions()
-        self._train_s = 0.0
 
     # -- public ------------------------------------------------------------------------------
     def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult:
@@ -104,7 +101,7 @@ class Evaluator:
         t1 = time.perf_counter()
         model = self._build(model, plan, seed)
         t2 = time.perf_counter()
-        outcome, metrics, objective = self._train_and_score(model, tokenizer, data, fidelity, seed)
+        outcome, metrics, objective, train_s = self._train_and_score(model, tokenizer, data, fidelity, seed)
         t4 = time.perf_counter()
 
         footprint = measure_footprint(model, outcome.optimizer)
@@ -121,7 +118,7 @@ class Evaluator:
             train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
             measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
             device=self.device,
-            phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=self._train_s, eval_s=t4 - t2 - self._train_s),
+            phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=train_s, eval_s=t4 - t2 - train_s),
             versions=self._versions, error=error,
         )
 
@@ -145,11 +142,11 @@ class Evaluator:
         return model
 
     def _train_and_score(self, model: Any, tokenizer: Any, data: TaskData, fidelity: Fidelity,
-                         seed: int) -> tuple[TrainOutcome, TrialMetrics, float | None]:
+                         seed: int) -> tuple[TrainOutcome, TrialMetrics, float | None, float]:
         """Held-out and probe losses before, the training run, then the held-out metrics after.
 
-        Returns the training outcome, the metrics and the objective (None unless training ended ok
-        with a finite held-out loss). Sets ``self._train_s`` to the training loop's wall seconds.
+        Returns the training outcome, the metrics, the objective (None unless training ended ok with a
+        finite held-out loss) and the training loop's wall seconds (evaluations count as eval time).
         """
         cfg = self.config
         batch = fidelity.batch_size
@@ -161,21 +158,21 @@ class Evaluator:
         outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=batch, grad_accum=fidelity.grad_accum,
                                                  learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio,
                                                  optimizer=cfg.optimizer), seed, self.device)
-        self._train_s = time.perf_counter() - started
+        train_s = time.perf_counter() - started
         metrics = TrialMetrics(initial_eval_loss=initial, probe_train_loss_before=probe_before)
         if outcome.status is not TrialStatus.OK:
-            return outcome, metrics, None
+            return outcome, metrics, None, train_s
         model.eval()
         loss = eval_loss(model, data.eval_ids, data.eval_labels, batch, self.device)
         if not math.isfinite(loss):
             return outcome, TrialMetrics(eval_loss=loss, initial_eval_loss=initial,
-                                         probe_train_loss_before=probe_before), None
+                                         probe_train_loss_before=probe_before), None, train_s
         probe_after = eval_loss(model, *probe, batch, self.device)
         accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
         metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,
                                initial_eval_loss=initial, probe_train_loss_before=probe_before,
                                probe_train_loss_after=probe_after)
-        return outcome, metrics, accuracy if accuracy is not None else -loss
+        return outcome, metrics, accuracy if accuracy is not None else -loss, train_s
 
     def _untrainable(self, plan: Plan, fidelity: Fidelity, seed: int, predicted: int) -> TrialResult:
         return TrialResult(

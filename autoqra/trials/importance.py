@@ -113,7 +113,7 @@ def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity:
                    model: nn.Module, data: TaskData, calibration: int, cache: LayerCache, demand_batches: int = 4,
                    seed: int = 0) -> Priors:
     """Both scores for every group of ``model`` (unquantized, fp32 as loaded; it is consumed)."""
-    from autoqra.trials.quantize import torch_dtype
+    from autoqra.trials.backends.base import torch_dtype
 
     modules = dict(model.named_modules())
     full_precision = {m: (modules[m].weight.detach().clone(),

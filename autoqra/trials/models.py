@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoqra.errors import ModelSpecError
+from autoqra.errors import AutoQRAError, ModelSpecError
 from autoqra.space.model_spec import MODEL_ALIASES
+from autoqra.trials.backends.base import torch_dtype
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,7 +62,7 @@ def _gguf_folder() -> Path:
 def embedded_default_folder() -> Path:
     """The converted safetensors folder of the default model, converting it on first use."""
     target = cache_root() / "models" / _CONVERTED
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _converted_folder() is not None:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,11 +92,39 @@ def embedded_default_folder() -> Path:
     return target
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AutoQRAError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    return device
+
+
+def _converted_folder() -> Path | None:
+    target = cache_root() / "models" / _CONVERTED
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    return None
+
+
+def local_fingerprint(model: str) -> str | None:
+    """The weights' fingerprint when it needs no conversion or download (else None: known at run time)."""
+    key = model.strip()
+    if key.lower() in EMBEDDED_ALIASES:
+        folder = _converted_folder()
+        return _folder_fingerprint(folder) if folder is not None else None
+    path = Path(key).expanduser()
+    return _folder_fingerprint(path) if path.is_dir() else None
+
+
 def check_weights(model: str) -> None:
     """Raise ModelSpecError unless ``model``'s weights can be found, without loading or converting them."""
     key = model.strip()
     if key.lower() in EMBEDDED_ALIASES:
-        if not (cache_root() / "models" / _CONVERTED / "model.safetensors").is_file():
+        if _converted_folder() is None:
             _gguf_folder()
         return
     if key.lower() in MODEL_ALIASES:
@@ -135,12 +164,10 @@ def _folder_fingerprint(folder: Path) -> str:
 
 def load_causal_lm(weights: Weights, dtype: str = "fp32") -> tuple[nn.Module, Any]:
     """Model (on CPU, in ``dtype``) and tokenizer; the tokenizer gets a pad token if it lacks one."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(weights.path)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -47,6 +47,18 @@ CASES = {
 }
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if not _cuda_available():  # on a machine with a GPU, --device cuda is valid input
+    CASES["trial, --device cuda without a GPU"] = (["trial", "--device", "cuda"], "no CUDA device")
+    CASES["search, --device cuda without a GPU"] = (
+        ["search", "--budget", "qlora", "--device", "cuda", "--out", "run"], "no CUDA device")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_refused_first_in_one_line(workdir, case):
     args, needle = CASES[case]

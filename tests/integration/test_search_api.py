@@ -86,3 +86,17 @@ def test_request_values_are_checked_when_built():
                            ({"budget": "qlora", "seed": -1}, "seed")]:
         with pytest.raises(AutoQRAError, match=needle):
             SearchRequest(**kwargs)
+
+
+def test_requests_take_string_paths_and_a_prepared_search_never_reuses_its_run_directory(tmp_path):
+    from autoqra import SearchRequest, prepare_search, run_search
+    from autoqra.errors import AutoQRAError
+
+    request = SearchRequest(budget="qlora", out=str(tmp_path / "run"), priors=None)
+    assert request.out == tmp_path / "run"  # a notebook's string path becomes a Path
+    prepared = prepare_search(request)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trials.db").write_bytes(b"")  # as if the prepared search had run already
+    with pytest.raises(AutoQRAError, match="already holds a run"):
+        run_search(prepared)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["trials.db"]

@@ -168,3 +168,5 @@ def test_ledger_reads_run_directories_written_before_the_rename(problem, tmp_pat
                                                   user_attrs=attrs, values=old.values))
     entries = Ledger(sqlite_url(legacy), None, labels, codec.ranks).entries()
     assert [(e.predicted_peak_bytes, e.result) for e in entries] == [(123, result)]
+    # reading it changed nothing: an existing study keeps its (absent) metric names
+    assert optuna.load_study(study_name="autoqra", storage=sqlite_url(legacy)).metric_names is None
