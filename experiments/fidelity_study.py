@@ -171,6 +171,9 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from autoqra.cli import quiet_libraries
+
+    quiet_libraries("search", verbose=False)  # no progress bar per trial, as in the CLI
     plans = study_plans(args.space, args.random_plans, args.seed)
     if not args.report_only:
         run_cells(args, plans)
