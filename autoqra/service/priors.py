@@ -6,14 +6,12 @@ import logging
 from dataclasses import dataclass
 
 from autoqra.domain import QuantFormat
-from autoqra.errors import AutoQRAError
 from autoqra.priors.schema import Priors
 from autoqra.service.requests import (
     PriorsRequest,
     check_output_file,
-    check_task,
-    check_weights,
-    resolve_space,
+    lowest_quantized,
+    resolve_trial_inputs,
     write_output,
 )
 from autoqra.space.search_space import SearchSpace
@@ -32,13 +30,9 @@ class PreparedPriors:
 
 def prepare_priors(request: PriorsRequest) -> PreparedPriors:
     """Check ``request`` in full (the output file too); raises AutoQRAError before any measurement."""
-    space, spec = resolve_space(request.space, request.model)
-    check_weights(space.model)
-    task = request.task or space.task
-    check_task(task)
-    lowest = space.ladder(spec)[0]
-    if not lowest.quantized:
-        raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
+    # priors train LoRA with plain gradients only: the space's optimizer is not used
+    space, spec, task = resolve_trial_inputs(request.space, request.model, request.task, optimizer_needed=False)
+    lowest = lowest_quantized(space, spec)
     check_output_file(request.out, "--out")
     return PreparedPriors(request=request, space=space, task=task, lowest=lowest,
                           n_groups=len(spec.groups(space.granularity)))

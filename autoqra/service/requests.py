@@ -35,27 +35,6 @@ def check_device(device: str) -> None:
         raise AutoQRAError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
 
 
-def resolve_device(device: str) -> str:
-    """The device trials will use (``auto`` resolved); ``cuda`` where there is none is an error."""
-    from autoqra.trials.models import resolve_device as resolve
-
-    return resolve(device)
-
-
-def check_optimizer(space: SearchSpace) -> None:
-    """Trials can train with the space's optimizer (bitsandbytes' 8-bit ones must be importable)."""
-    name = space.training.optimizer
-    if name == "adamw":
-        return
-    try:
-        import bitsandbytes.optim as bnb_optim
-    except ImportError as exc:
-        raise AutoQRAError(f"space {space.name}: training.optimizer {name} needs bitsandbytes' 8-bit optimizers, "
-                           f"which cannot be imported here ({exc}); use adamw") from None
-    if not hasattr(bnb_optim, {"adamw8bit": "AdamW8bit", "paged_adamw8bit": "PagedAdamW8bit"}[name]):
-        raise AutoQRAError(f"space {space.name}: this bitsandbytes has no {name} optimizer; use adamw")
-
-
 def resolve_space(space: str | Path, model: str | None) -> tuple[SearchSpace, ModelSpec]:
     """The space (a preset name or YAML path), with ``model`` overriding its model, and the model's spec."""
     loaded = load_space(space)
@@ -68,17 +47,30 @@ def resolve_space(space: str | Path, model: str | None) -> tuple[SearchSpace, Mo
     return loaded, spec
 
 
-def check_task(task: str) -> None:
-    from autoqra.trials.data import check_task as check
+def resolve_trial_inputs(space: str | Path, model: str | None, task: str | None,
+                         optimizer_needed: bool = True) -> tuple[SearchSpace, ModelSpec, str]:
+    """What every command that trains or measures needs: the space and spec (see
+    :func:`resolve_space`), weights that can be found, and the task (default: the space's) with its
+    data; with ``optimizer_needed``, the space's optimizer must be buildable too."""
+    from autoqra.trials.data import check_task
+    from autoqra.trials.models import check_weights
+    from autoqra.trials.train import check_optimizer
 
-    check(task)
+    resolved, spec = resolve_space(space, model)
+    check_weights(resolved.model)
+    chosen_task = task or resolved.task
+    check_task(chosen_task)
+    if optimizer_needed:
+        check_optimizer(resolved.training.optimizer, resolved.name)
+    return resolved, spec, chosen_task
 
 
-def check_weights(model: str) -> None:
-    """The model's weights can be found (trials need them; estimates do not)."""
-    from autoqra.trials.models import check_weights as check
-
-    check(model)
+def lowest_quantized(space: SearchSpace, spec: ModelSpec) -> QuantFormat:
+    """The space's cheapest format, which the sensitivity prior is measured at; it must be quantized."""
+    lowest = space.ladder(spec)[0]
+    if not lowest.quantized:
+        raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
+    return lowest
 
 
 def _existing_ancestor(path: Path) -> Path:

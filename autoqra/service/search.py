@@ -27,13 +27,10 @@ from autoqra.search.utility import PriorUtility, flat_utility, utility_from_prio
 from autoqra.service.requests import (
     STRATEGIES_WITH_PRIORS,
     SearchRequest,
-    check_optimizer,
     check_run_dir,
-    check_task,
-    check_weights,
+    lowest_quantized,
     read_priors_file,
-    resolve_device,
-    resolve_space,
+    resolve_trial_inputs,
 )
 from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
 from autoqra.space.model_spec import ModelSpec
@@ -62,6 +59,7 @@ class PreparedSearch:
     budget: ResolvedBudget
     priors: Priors | None  # from the request's priors file; None: measured (or cached) at run time
     run_dir: Path
+    device: str  # resolved: cpu or cuda
 
 
 @dataclass(frozen=True)
@@ -86,30 +84,26 @@ class SearchOutcome:
 
 def prepare_search(request: SearchRequest) -> PreparedSearch:
     """Check ``request`` against the file system and the model's config; raises AutoQRAError (one line)."""
-    space, spec = resolve_space(request.space, request.model)
-    check_weights(space.model)
-    task = request.task or space.task
-    check_task(task)
+    from autoqra.trials.models import local_fingerprint, resolve_device
+
+    space, spec, task = resolve_trial_inputs(request.space, request.model, request.task)
     chosen = preset(request.preset)
     if request.max_trials is not None:
         chosen = chosen.with_max_cost(request.max_trials)
     codec = SearchCodec(spec, space)
     budget = resolve(parse_budget(request.budget), codec.memory)
     Repairer(codec, flat_utility(codec), budget.bytes).check_reachable()  # InfeasibleBudget states the minimum
-    check_optimizer(space)
-    resolve_device(request.device)
+    device = resolve_device(request.device)
     priors = None
     if request.priors is not None:
-        from autoqra.trials.models import local_fingerprint
-
         priors = read_priors_file(request.priors, spec, space.granularity, local_fingerprint(space.model))
-    elif request.strategy in STRATEGIES_WITH_PRIORS and not space.ladder(spec)[0].quantized:
-        raise AutoQRAError(f"space {space.name} has no quantized format to measure sensitivity with")
+    elif request.strategy in STRATEGIES_WITH_PRIORS:
+        lowest_quantized(space, spec)
     run_dir = request.out or Path("runs") / f"{request.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_dir(run_dir)
     return PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
                           time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
-                          codec=codec, budget=budget, priors=priors, run_dir=run_dir)
+                          codec=codec, budget=budget, priors=priors, run_dir=run_dir, device=device)
 
 
 def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
@@ -130,8 +124,8 @@ def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
         utility = utility_from_priors(p.codec, priors)
         sensitivity = np.array([g.sensitivity for g in priors.groups])
         (p.run_dir / "priors.json").write_text(priors.to_json() + "\n")
-    evaluator, device, checkpointing = _evaluator(p)
-    _write_settings(p, device, checkpointing, priors is not None)
+    evaluator, checkpointing = _evaluator(p)
+    _write_settings(p, checkpointing, priors is not None)
     run = _run_pipeline(p, utility, sensitivity, evaluator)
     from autoqra.report.run_files import write_run_files
 
@@ -176,7 +170,7 @@ def _priors(p: PreparedSearch) -> Priors:
                                str(p.request.priors))
         log.info(f"priors: from {p.request.priors}")
         return p.priors
-    lowest = space.ladder(p.spec)[0]
+    lowest = lowest_quantized(space, p.spec)
     settings = p.preset.priors
     started = time.perf_counter()
     priors, path, cached = cached_space_priors(
@@ -190,11 +184,10 @@ def _priors(p: PreparedSearch) -> Priors:
     return priors
 
 
-def _evaluator(p: PreparedSearch) -> tuple[Evaluator, str, bool]:
+def _evaluator(p: PreparedSearch) -> tuple[Evaluator, bool]:
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
-    device = resolve_device(p.request.device)
-    t = p.space.training
+    device, t = p.device, p.space.training
     # The memory objective is always the prediction for the budget's setup. On CUDA trials also use
     # its gradient checkpointing, so their measured peaks compare with the prediction; on CPU
     # checkpointing would only slow trials (same gradients) and peaks are not measured.
@@ -205,17 +198,17 @@ def _evaluator(p: PreparedSearch) -> tuple[Evaluator, str, bool]:
     checkpoint_note = "on" if checkpointing else "off (it changes memory, not results; the memory objective " \
                                                  "still uses the budget setup)"
     log.info(f"  trials    on {device}, {t.compute_dtype}, {t.optimizer}, gradient checkpointing {checkpoint_note}")
-    return Evaluator(config), device, checkpointing
+    return Evaluator(config), checkpointing
 
 
-def _write_settings(p: PreparedSearch, device: str, checkpointing: bool, has_priors: bool) -> None:
+def _write_settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> None:
     r = p.request
     settings = {
         "model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task, "strategy": r.strategy,
         "preset": asdict(p.preset), "budget": {"text": r.budget, "bytes": p.budget.bytes,
                                               "explanation": p.budget.explanation},
         "seed": r.seed, "time_limit_s": p.time_limit_s, "fidelity_costs": fidelity_costs(p.space.fidelities),
-        "device": device, "trial_grad_checkpointing": checkpointing,
+        "device": p.device, "trial_grad_checkpointing": checkpointing,
         "priors_file": "priors.json" if has_priors else None,
     }
     (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -7,16 +7,7 @@ from dataclasses import dataclass
 
 from autoqra.domain import Fidelity, Plan, TrialResult, derive_seed
 from autoqra.errors import AutoQRAError
-from autoqra.service.requests import (
-    TrialRequest,
-    check_optimizer,
-    check_output_file,
-    check_task,
-    check_weights,
-    resolve_device,
-    resolve_space,
-    write_output,
-)
+from autoqra.service.requests import TrialRequest, check_output_file, resolve_trial_inputs, write_output
 from autoqra.space.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -31,26 +22,25 @@ class PreparedTrial:
     fidelity: Fidelity
     task: str
     seed: int  # the trial seed, derived from (run seed, plan hash, fidelity)
+    device: str  # resolved: cpu or cuda
 
 
 def prepare_trial(request: TrialRequest) -> PreparedTrial:
     """Check ``request`` in full; raises AutoQRAError (one line) before anything is loaded or written."""
-    space, spec = resolve_space(request.space, request.model)
-    check_weights(space.model)
+    from autoqra.trials.models import resolve_device
+
+    space, spec, task = resolve_trial_inputs(request.space, request.model, request.task)
     plan, source = request.plan.resolve(space, spec)
     if request.fidelity not in space.fidelities:
         raise AutoQRAError(f"space {space.name} has no fidelity {request.fidelity!r} "
                            f"(has {', '.join(space.fidelities)})")
     plan.check_trainable()
-    task = request.task or space.task
-    check_task(task)
-    check_optimizer(space)
-    resolve_device(request.device)
+    device = resolve_device(request.device)
     if request.out is not None:
         check_output_file(request.out, "--out")
     fidelity = space.fidelities[request.fidelity]
     return PreparedTrial(request=request, space=space, plan=plan, plan_source=source, fidelity=fidelity, task=task,
-                         seed=derive_seed(request.seed, plan.plan_hash, fidelity.name))
+                         seed=derive_seed(request.seed, plan.plan_hash, fidelity.name), device=device)
 
 
 def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
@@ -60,7 +50,7 @@ def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
     p = request if isinstance(request, PreparedTrial) else prepare_trial(request)
     r, t, f = p.request, p.space.training, p.fidelity
     config = EvaluatorConfig(
-        model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=r.device,
+        model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=p.device,
         learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio, init=r.init,
         grad_checkpointing=r.grad_checkpointing, optimizer=t.optimizer,
     )

@@ -8,6 +8,7 @@ data per fidelity shape and the quantized-layer cache, so each trial only reload
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import sys
@@ -107,19 +108,14 @@ class Evaluator:
         footprint = measure_footprint(model, outcome.optimizer)
         measured_peak = int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        status, error = outcome.status, outcome.error
-        if status is TrialStatus.OK and objective is None:
-            status, error = TrialStatus.DIVERGED, f"held-out loss {metrics.eval_loss}"
-            metrics = TrialMetrics(initial_eval_loss=metrics.initial_eval_loss,
-                                   probe_train_loss_before=metrics.probe_train_loss_before)
         return TrialResult(
-            plan=plan, fidelity=fidelity, task=cfg.task, seed=seed, status=status, objective=objective,
+            plan=plan, fidelity=fidelity, task=cfg.task, seed=seed, status=outcome.status, objective=objective,
             metric_name="accuracy" if data.metric == "accuracy" else "eval_loss", metrics=metrics,
             train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
             measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
             device=self.device,
             phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=train_s, eval_s=t4 - t2 - train_s),
-            versions=self._versions, error=error,
+            versions=self._versions, error=outcome.error,
         )
 
     # -- parts -------------------------------------------------------------------------------
@@ -145,8 +141,9 @@ class Evaluator:
                          seed: int) -> tuple[TrainOutcome, TrialMetrics, float | None, float]:
         """Held-out and probe losses before, the training run, then the held-out metrics after.
 
-        Returns the training outcome, the metrics, the objective (None unless training ended ok with a
-        finite held-out loss) and the training loop's wall seconds (evaluations count as eval time).
+        Returns the training outcome (``diverged`` too when the held-out loss is not finite), the
+        metrics, the objective (None unless it ended ok) and the training loop's wall seconds
+        (evaluations count as eval time).
         """
         cfg = self.config
         batch = fidelity.batch_size
@@ -165,8 +162,8 @@ class Evaluator:
         model.eval()
         loss = eval_loss(model, data.eval_ids, data.eval_labels, batch, self.device)
         if not math.isfinite(loss):
-            return outcome, TrialMetrics(eval_loss=loss, initial_eval_loss=initial,
-                                         probe_train_loss_before=probe_before), None, train_s
+            diverged = dataclasses.replace(outcome, status=TrialStatus.DIVERGED, error=f"held-out loss {loss}")
+            return diverged, metrics, None, train_s
         probe_after = eval_loss(model, *probe, batch, self.device)
         accuracy = eval_accuracy(model, tokenizer, data, self.device) if data.metric == "accuracy" else None
         metrics = TrialMetrics(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import TrialStatus
+from autoqra.errors import AutoQRAError
 from autoqra.space.memory import OptimizerName
 from autoqra.trials.data import IGNORE, TaskData, first_integer
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 DIVERGENCE_FACTOR = 10.0  # a loss this many times the first one counts as divergence
+#: optimizer names of a space -> bitsandbytes class names (torch's AdamW is "adamw")
+BNB_OPTIMIZERS = {"adamw8bit": "AdamW8bit", "paged_adamw8bit": "PagedAdamW8bit"}
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,22 @@ def make_optimizer(name: OptimizerName, params: list[torch.nn.Parameter], learni
 
     if name == "adamw":
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    import bitsandbytes as bnb
+    import bitsandbytes.optim as bnb_optim
 
-    cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[name]
-    return cls(params, lr=learning_rate, weight_decay=weight_decay)
+    return getattr(bnb_optim, BNB_OPTIMIZERS[name])(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def check_optimizer(name: OptimizerName, space_name: str) -> None:
+    """Raise AutoQRAError unless :func:`make_optimizer` can build ``name`` here (before any trial)."""
+    if name == "adamw":
+        return
+    try:
+        import bitsandbytes.optim as bnb_optim
+    except ImportError as exc:
+        raise AutoQRAError(f"space {space_name}: training.optimizer {name} needs bitsandbytes' 8-bit optimizers, "
+                           f"which cannot be imported here ({exc}); use adamw") from None
+    if not hasattr(bnb_optim, BNB_OPTIMIZERS[name]):
+        raise AutoQRAError(f"space {space_name}: this bitsandbytes has no {name} optimizer; use adamw")
 
 
 def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, device: str) -> TrainOutcome:
