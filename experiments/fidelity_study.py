@@ -30,8 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_SUBSET = 5  # plans that get a second `final` seed
 
 
-def study_plans(space_name: str, n_random: int, seed: int) -> list[tuple[str, object]]:
-    """(label, Plan) pairs, deterministic for a space and seed; duplicates dropped."""
+def study_plans(space_name: str, n_random: int, seed: int, out: Path) -> list[tuple[str, object]]:
+    """(label, Plan) pairs. Chosen once, then read back from ``plans.json`` in ``out``: the study's set
+    stays fixed while the search's priors and utility change (its cells are keyed by plan hash)."""
+    from autoqra.domain import Plan
+
+    frozen = out / f"plans.{space_name}.json"
+    if frozen.is_file():
+        return [(row["label"], Plan.from_dict(row["plan"], str(frozen))) for row in json.loads(frozen.read_text())]
+    plans = choose_plans(space_name, n_random, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    frozen.write_text(json.dumps([{"label": label, "plan": plan.to_dict()} for label, plan in plans],
+                                 indent=1) + "\n")
+    return plans
+
+
+def choose_plans(space_name: str, n_random: int, seed: int) -> list[tuple[str, object]]:
+    """(label, Plan) pairs, deterministic for a space, seed and the code of the day; duplicates dropped."""
     import numpy as np
 
     from autoqra.search.baselines import sequential_stage
@@ -174,7 +189,7 @@ def main() -> int:
     from autoqra.cli import quiet_libraries
 
     quiet_libraries("search", verbose=False)  # no progress bar per trial, as in the CLI
-    plans = study_plans(args.space, args.random_plans, args.seed)
+    plans = study_plans(args.space, args.random_plans, args.seed, args.out)
     if not args.report_only:
         run_cells(args, plans)
     report(args.out, args.space, plans)
