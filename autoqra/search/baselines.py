@@ -23,8 +23,7 @@ from autoqra.errors import PlanError
 from autoqra.search.codec import Genome, SearchCodec
 from autoqra.search.repair import Repairer
 from autoqra.search.stage import HIGH_FIDELITY, Archive, Ask, Evaluated
-from autoqra.search.utility import PriorUtility, utility_from_scores
-from autoqra.search.warm_start import uniform_that_fit
+from autoqra.search.warm_start import sequential_genomes, uniform_that_fit
 from autoqra.space.reference import qlora_plan
 
 
@@ -68,46 +67,8 @@ def _genome_or_none(codec: SearchCodec, plan: Plan) -> Genome | None:
 
 def sequential_stage(codec: SearchCodec, sensitivity: np.ndarray, budget_bytes: int) -> ListStage:
     """Bits from sensitivity alone, then one uniform rank; one plan per rank that fits."""
-    bits_only = utility_from_scores(codec, sensitivity, np.ones(codec.n_groups))
-    # the rank-0 slice is -e(f), sensitivity alone; repeated over ranks it makes the utility flat in
-    # rank, so repair and fill move formats only (quantize first, adapters are not considered)
-    table = np.repeat(bits_only.table[:, :, :1], codec.n_ranks, axis=2)
-    utility = PriorUtility(table=table, importance=bits_only.importance, informative=True)
-    asks: list[Ask] = []
-    for r in reversed(range(codec.n_ranks)):
-        if codec.ranks[r] == 0:
-            continue  # quantize-then-LoRA needs LoRA
-        repairer = Repairer(codec, utility, budget_bytes)
-        lowest = tuple((0, r) for _ in range(codec.n_groups))
-        if not repairer.fits(lowest):
-            continue
-        genome = _fill_formats(repairer, lowest)
-        if all(a.genome != genome for a in asks):
-            asks.append(Ask(plan=codec.decode(genome), fidelity=HIGH_FIDELITY, genome=genome))
-    return ListStage("sequential", asks)
-
-
-def _fill_formats(repairer: Repairer, genome: Genome) -> Genome:
-    """Greedy: raise the format of the group with the best sensitivity gain per byte while it fits."""
-    codec, util, cost = repairer.codec, repairer.utility.table, repairer.codec.cost_table
-    current = list(genome)
-    blocked: set[int] = set()
-    while True:
-        best, best_score = None, 0.0
-        for g, (f, r) in enumerate(current):
-            if g in blocked or f + 1 >= codec.n_formats:
-                continue
-            gain = util[g, f + 1, r] - util[g, f, r]
-            extra = max(cost[g, f + 1, r] - cost[g, f, r], 1.0)
-            if gain / extra > best_score:
-                best, best_score = g, gain / extra
-        if best is None:
-            return tuple(current)
-        f, r = current[best]
-        current[best] = (f + 1, r)
-        if not repairer.fits(tuple(current)):
-            current[best] = (f, r)
-            blocked.add(best)
+    return ListStage("sequential", [Ask(plan=codec.decode(g), fidelity=HIGH_FIDELITY, genome=g)
+                                    for g in sequential_genomes(codec, sensitivity, budget_bytes)])
 
 
 class RandomStage:

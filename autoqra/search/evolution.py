@@ -93,8 +93,9 @@ class EvolutionStage:
 
     def __init__(self, *, codec: SearchCodec, repairer: Repairer, model: PerformanceModel, archive: Archive,
                  rng: np.random.Generator, settings: EvolutionSettings, costs: dict[str, float],
-                 allotment: float) -> None:
+                 allotment: float, sensitivity: np.ndarray) -> None:
         self.codec, self.repairer, self.model, self.archive = codec, repairer, model, archive
+        self.sensitivity = sensitivity
         self.rng, self.settings, self.costs, self.allotment = rng, settings, costs, allotment
         self.budget_bytes = repairer.budget_bytes
         self.population: list[Genome] = []
@@ -128,14 +129,16 @@ class EvolutionStage:
     def _advance(self) -> None:
         s = self.settings
         if self._phase == "idle":
-            cost = s.population * self.costs[LOW_FIDELITY] + s.promote * self.costs[HIGH_FIDELITY]
-            if self.spent + cost > self.allotment + 1e-9:
-                self._finished = True
-                return
-            self._batch = (warm_start(self.repairer, s.population, self.rng) if self.generation == 0
-                           else self._offspring())
+            if self.generation == 0:
+                self._batch = self._generation_zero()
+            else:
+                cost = s.population * self.costs[LOW_FIDELITY] + s.promote * self.costs[HIGH_FIDELITY]
+                affordable = self.spent + cost <= self.allotment + 1e-9
+                self._batch = self._offspring() if affordable else []
+                if not self._batch:
+                    reason = "new plans" if affordable else "budget"
+                    log.info(f"nsga2: no {reason} for generation {self.generation}; the stage ends")
             if not self._batch:
-                log.info(f"nsga2: generation {self.generation} produced no new plan; stage ends")
                 self._finished = True
                 return
             self._queue = [self._ask(g, LOW_FIDELITY) for g in self._batch]
@@ -150,6 +153,17 @@ class EvolutionStage:
             self._select()
             self.generation += 1
             self._phase = "idle"
+
+    def _generation_zero(self) -> list[Genome]:
+        """The warm start, cut to what the allotment pays (its baselines come first) after the
+        promotions; at least ``promote`` plans, so a small budget still runs one generation."""
+        s = self.settings
+        batch = warm_start(self.repairer, s.population, self.rng, self.sensitivity)
+        affordable = int((self.allotment - s.promote * self.costs[HIGH_FIDELITY]) / self.costs[LOW_FIDELITY] + 1e-9)
+        kept = batch[: max(affordable, s.promote, 1)]
+        log.info(f"nsga2: generation 0 is the warm start: {len(kept)} plans (prior plan, sequential and uniform "
+                 f"plans that fit, jittered prior plans){'' if len(kept) == len(batch) else f' of {len(batch)}'}")
+        return kept
 
     def _ask(self, genome: Genome, fidelity: str) -> Ask:
         return Ask(plan=self.codec.decode(genome), fidelity=fidelity, genome=genome)

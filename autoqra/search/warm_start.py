@@ -1,10 +1,15 @@
-"""The initial population: priors mapped to ladder positions, repaired to the budget, plus diversity.
+"""The initial population: the baselines the search must not start below, the priors, and diversity.
 
 1. *Prior plan*: start every group at its best option and let the repair lower the groups with the
    least importance per byte saved until the plan fits; then ``fill`` spends what is left.
-2. *Uniform baselines that fit*: uniform (format, rank) genomes, richest first, each repaired.
-3. *Jittered copies* of the prior plan (random one-step moves on a fifth of the groups), repaired,
+2. *Sequential plans* (quantize-then-LoRA): bits from the sensitivity prior alone, then one uniform
+   rank, for each rank of the space that fits (the ``sequential`` baseline's plans).
+3. *Uniform plans that fit* and train adapters, richest first (the ``uniform`` baseline's plans).
+4. *Jittered copies* of the prior plan (random one-step moves on a fifth of the groups), repaired,
    until the population is full; duplicates are never added.
+
+Generation 0 holds all of 1-3 even when they outnumber the population (they are cheap ``low``
+trials); selection then keeps ``population`` of them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 from autoqra.search.codec import Genome, SearchCodec
 from autoqra.search.operators import jitter
 from autoqra.search.repair import Repairer
+from autoqra.search.utility import PriorUtility, utility_from_scores
 
 
 def prior_plan(repairer: Repairer) -> Genome:
@@ -28,18 +34,71 @@ def uniform_that_fit(codec: SearchCodec, budget_bytes: int) -> list[Genome]:
     return sorted(fits, key=codec.predicted_peak_bytes, reverse=True)
 
 
-def warm_start(repairer: Repairer, size: int, rng: np.random.Generator, uniform_share: float = 0.25) -> list[Genome]:
+def sequential_genomes(codec: SearchCodec, sensitivity: np.ndarray, budget_bytes: int) -> list[Genome]:
+    """Quantize-then-LoRA: bits from sensitivity alone, then one uniform rank; one genome per rank that
+    fits (largest rank first), ranks of 0 skipped (the pipeline needs LoRA)."""
+    bits_only = utility_from_scores(codec, sensitivity, np.ones(codec.n_groups))
+    # the rank-0 slice is -e(f), sensitivity alone; repeated over ranks it makes the utility flat in
+    # rank, so repair and fill move formats only (quantize first, adapters are not considered)
+    table = np.repeat(bits_only.table[:, :, :1], codec.n_ranks, axis=2)
+    repairer = Repairer(codec, PriorUtility(table=table, importance=bits_only.importance, informative=True),
+                        budget_bytes)
+    out: list[Genome] = []
+    for r in reversed(range(codec.n_ranks)):
+        lowest = tuple((0, r) for _ in range(codec.n_groups))
+        if codec.ranks[r] == 0 or not repairer.fits(lowest):
+            continue
+        genome = _fill_formats(repairer, lowest)
+        if genome not in out:
+            out.append(genome)
+    return out
+
+
+def _fill_formats(repairer: Repairer, genome: Genome) -> Genome:
+    """Greedy: raise the format of the group with the best sensitivity gain per byte while it fits."""
+    codec, util, cost = repairer.codec, repairer.utility.table, repairer.codec.cost_table
+    current = list(genome)
+    blocked: set[int] = set()
+    while True:
+        best, best_score = None, 0.0
+        for g, (f, r) in enumerate(current):
+            if g in blocked or f + 1 >= codec.n_formats:
+                continue
+            gain = util[g, f + 1, r] - util[g, f, r]
+            extra = max(cost[g, f + 1, r] - cost[g, f, r], 1.0)
+            if gain / extra > best_score:
+                best, best_score = g, gain / extra
+        if best is None:
+            return tuple(current)
+        f, r = current[best]
+        current[best] = (f + 1, r)
+        if not repairer.fits(tuple(current)):
+            current[best] = (f, r)
+            blocked.add(best)
+
+
+def baseline_genomes(repairer: Repairer, sensitivity: np.ndarray) -> list[Genome]:
+    """The plans the search must not start below: the prior plan, the sequential plans, the uniform
+    plans with adapters that fit; in that order, without duplicates."""
     codec = repairer.codec
-    population: list[Genome] = []
+    trainable = [g for g in uniform_that_fit(codec, repairer.budget_bytes) if any(codec.ranks[r] > 0 for _, r in g)]
+    out: list[Genome] = []
+    for genome in [prior_plan(repairer), *sequential_genomes(codec, sensitivity, repairer.budget_bytes), *trainable]:
+        if genome not in out:
+            out.append(genome)
+    return out
+
+
+def warm_start(repairer: Repairer, size: int, rng: np.random.Generator, sensitivity: np.ndarray) -> list[Genome]:
+    """Generation 0: :func:`baseline_genomes`, then jittered copies of the prior plan up to ``size``."""
+    codec = repairer.codec
+    population = baseline_genomes(repairer, sensitivity)
+    anchor = population[0]
 
     def add(genome: Genome) -> None:
         if genome not in population and len(population) < size:
             population.append(genome)
 
-    anchor = prior_plan(repairer)
-    add(anchor)
-    for genome in uniform_that_fit(codec, repairer.budget_bytes)[: max(1, int(size * uniform_share))]:
-        add(genome)
     attempts = 0
     while len(population) < size and attempts < 50 * size:
         attempts += 1
