@@ -79,7 +79,7 @@ def _add_trial(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "held-out split.",
     )
     add_plan_arguments(trial)
-    trial.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    trial.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
     trial.add_argument("--fidelity", default="micro", help="fidelity name from the space (default: micro)")
     trial.add_argument("--init", choices=["default", "loftq"], default="default",
                        help="adapter init: PEFT default (B=0), or loftq (rank-r SVD of the quantization residual)")
@@ -99,7 +99,7 @@ def _add_priors(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "one group at the space's lowest format. Demand: mean squared LoRA gradient norm per group.",
     )
     add_model_arguments(pri)
-    pri.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    pri.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
     pri.add_argument("--calibration", type=int, default=16, help="calibration sequences (default 16)")
     pri.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
     pri.add_argument("--demand-batches", type=int, default=4, help="training batches for the demand (default 4)")
@@ -116,14 +116,18 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     srch.add_argument("--budget", required=True, help=BUDGET_HELP)
     add_model_arguments(srch)
-    srch.add_argument("--task", help="news, arith or a .jsonl file (default: the space's task)")
+    srch.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
     srch.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"],
                       help="search effort: population, promotions, trial budget, priors (default: quick)")
     srch.add_argument("--strategy", default="autoqra",
                       choices=["autoqra", "random", "uniform", "sequential", "optuna-nsga2", "optuna-tpe"],
                       help="default: autoqra; the others are baselines on the same harness and trial budget")
-    srch.add_argument("--max-trials", type=float, help="trial budget in high-trial units (a low trial counts as its "
-                      "share of a high trial's training tokens); default: the preset's")
+    srch.add_argument("--max-trials", type=float, help="trial budget in high-trial units, final selection included "
+                      "(a low or final trial counts as its share of a high trial's training tokens); default: the "
+                      "preset's (quick: 12 + 2 final trials)")
+    srch.add_argument("--final-top", type=int, help="retrain the best K plans at the space's `final` fidelity and "
+                      "choose the best final result (0: choose by high); default: the preset's (quick 2, "
+                      "standard 3, paper 4)")
     srch.add_argument("--time-limit", help="stop starting trials after this long, e.g. 30m, 1h, 90s")
     srch.add_argument("--seed", type=int, default=0, help="run seed (default 0): the search and every trial seed")
     srch.add_argument("--priors", type=Path, help="priors file from `autoqra priors` (default: measured once and cached)")

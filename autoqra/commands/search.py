@@ -11,6 +11,7 @@ from autoqra.service.search import prepare_search, run_search
 def request_from_args(args: argparse.Namespace) -> SearchRequest:
     return SearchRequest(budget=args.budget, model=args.model, space=args.space, task=args.task,
                          strategy=args.strategy, preset=args.preset, max_trials=args.max_trials,
+                         final_top=args.final_top,
                          time_limit=args.time_limit, seed=args.seed, priors=args.priors, device=args.device,
                          out=args.out)
 

@@ -1,6 +1,7 @@
 """The run directory's result files and the end-of-run report.
 
-``plan.json``     the chosen plan: the best ``high`` result whose predicted peak fits the budget
+``plan.json``     the chosen plan: the best ``final`` result of the final selection (the best plans at
+                  ``high`` retrained at ``final``), else the best ``high`` result, within the budget
 ``front.json``    the Pareto front of ``high`` results (quality up, predicted peak down) within budget
 ``summary.json``  counts, cost, time, why it stopped, hypervolume per generation, low/high Spearman
 (``settings.json``, ``priors.json``, ``trials.db`` and ``trials.jsonl`` are written as the run goes.)
@@ -14,7 +15,7 @@ from typing import Any
 
 from autoqra.domain import Plan
 from autoqra.search.pipeline import RunOutcome, plan_brief
-from autoqra.search.stage import HIGH_FIDELITY, LOW_FIDELITY, Evaluated
+from autoqra.search.stage import FINAL_FIDELITY, HIGH_FIDELITY, LOW_FIDELITY, Evaluated
 from autoqra.space.budget import format_bytes
 
 
@@ -36,7 +37,10 @@ def write_run_files(run_dir: Path, outcome: RunOutcome, budget_bytes: int) -> li
     (run_dir / "front.json").write_text(json.dumps([_point(e, budget_bytes) for e in outcome.front], indent=2) + "\n")
     summary = {
         "stopped_by": outcome.stopped_by, "elapsed_s": outcome.elapsed_s, "cost_spent_high_units": outcome.spent,
-        "trials": {LOW_FIDELITY: outcome.count(LOW_FIDELITY), HIGH_FIDELITY: outcome.count(HIGH_FIDELITY)},
+        "trials": {f: outcome.count(f) for f in (LOW_FIDELITY, HIGH_FIDELITY, FINAL_FIDELITY)},
+        "chosen_by": outcome.chosen_by,
+        "final_selection": [{**_point(e, budget_bytes), "high_objective": _high_of(outcome, e)}
+                            for e in outcome.archive.at(FINAL_FIDELITY)],
         "failed_trials": sum(1 for e in outcome.archive.items if not e.ok),
         "budget_bytes": budget_bytes,
         "chosen": _point(outcome.chosen, budget_bytes) if outcome.chosen else None,
@@ -45,6 +49,11 @@ def write_run_files(run_dir: Path, outcome: RunOutcome, budget_bytes: int) -> li
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return [*written, "front.json", "summary.json"]
+
+
+def _high_of(outcome: RunOutcome, e: Evaluated) -> float | None:
+    highs = [h.objective for h in outcome.archive.at(HIGH_FIDELITY) if h.ask.plan == e.ask.plan]
+    return highs[-1] if highs else None
 
 
 def plan_table(plan: Plan) -> list[str]:
@@ -57,9 +66,10 @@ def plan_table(plan: Plan) -> list[str]:
 
 
 def report_lines(outcome: RunOutcome, budget_bytes: int) -> list[str]:
+    finals = outcome.count(FINAL_FIDELITY)
     lines = [f"search ended ({outcome.stopped_by}) after {outcome.elapsed_s / 60:.1f} min: "
-             f"{outcome.count(LOW_FIDELITY)} low + {outcome.count(HIGH_FIDELITY)} high trials, "
-             f"cost {outcome.spent:.2f} high-trial units"]
+             f"{outcome.count(LOW_FIDELITY)} low + {outcome.count(HIGH_FIDELITY)} high"
+             + (f" + {finals} final" if finals else "") + f" trials, cost {outcome.spent:.2f} high-trial units"]
     chosen = outcome.chosen
     if chosen is None:
         lines.append("no high-fidelity trial ended ok within the budget: no plan chosen")
@@ -67,7 +77,15 @@ def report_lines(outcome: RunOutcome, budget_bytes: int) -> list[str]:
         r = chosen.result
         metric = (f"eval loss {r.metrics.eval_loss:.4f}" if r.metric_name == "eval_loss"
                   else f"accuracy {r.metrics.accuracy:.4f}")
-        lines.append(f"chosen plan: objective {chosen.objective:.4f} ({metric}), predicted peak "
+        if finals:
+            lines.append(f"final selection: the best {finals} plan(s) at high retrained at final "
+                         "(objective at high -> at final):")
+            for e in outcome.archive.at(FINAL_FIDELITY):
+                high = _high_of(outcome, e)
+                final = f"{e.objective:.4f}" if e.ok else e.result.status.value
+                lines.append(f"  {high if high is None else f'{high:.4f}'} -> {final}  {plan_brief(e.ask.plan)}"
+                             + ("  <- chosen" if e is chosen else ""))
+        lines.append(f"chosen plan (by its {outcome.chosen_by} result): objective {chosen.objective:.4f} ({metric}), predicted peak "
                      f"{format_bytes(chosen.predicted_peak_bytes)} = {100 * chosen.predicted_peak_bytes / budget_bytes:.1f}% of the budget "
                      f"({format_bytes(budget_bytes)}); {plan_brief(chosen.ask.plan)}")
         lines += plan_table(chosen.ask.plan)

@@ -1,7 +1,10 @@
 """The one loop owner: stages ask, the executor runs, the store records, then the stage is told.
 
-``SearchPipeline.run`` walks the strategy's stages in order. Each ``ask`` is trimmed to the trial
-budget (in high-trial cost units, see :mod:`autoqra.search.settings`) and the time limit, run through
+``SearchPipeline.run`` walks the strategy's stages in order, then, for every strategy alike where the
+space has a ``final`` fidelity, the final selection (:mod:`autoqra.search.final`): the best plans at
+``high`` retrained at ``final``, the best ``final`` result chosen. Each ``ask`` is trimmed to the trial
+budget (in high-trial cost units, see :mod:`autoqra.search.settings`; the final selection's cost is
+reserved from the start) and the time limit, run through
 the executor, and every result is written to the ledger (Optuna + JSONL) and the archive *before* the
 stage hears of it, so a crash loses at most the trials still running. Trial seeds derive from
 (run seed, plan hash, fidelity), so a retry or a resume reproduces a trial.
@@ -21,10 +24,20 @@ from autoqra.errors import AutoQRAError
 from autoqra.search.baselines import RandomStage, optuna_stage, sequential_stage, uniform_stage
 from autoqra.search.codec import SearchCodec
 from autoqra.search.evolution import EvolutionStage
+from autoqra.search.final import FinalStage
 from autoqra.search.pareto import front_indices
 from autoqra.search.repair import Repairer
 from autoqra.search.settings import STRATEGIES, SearchPreset
-from autoqra.search.stage import HIGH_FIDELITY, LOW_FIDELITY, Archive, Ask, Evaluated, Stage, TrialRunner
+from autoqra.search.stage import (
+    FINAL_FIDELITY,
+    HIGH_FIDELITY,
+    LOW_FIDELITY,
+    Archive,
+    Ask,
+    Evaluated,
+    Stage,
+    TrialRunner,
+)
 from autoqra.search.surrogate import PerformanceModel
 from autoqra.search.trust_region import TrustRegionStage
 from autoqra.search.utility import PriorUtility, flat_utility
@@ -54,6 +67,7 @@ class RunOutcome:
     hv_reference: tuple[float, float] | None = None
     spearman_low_high: float | None = None
     promoted_pairs: int = 0
+    chosen_by: str = HIGH_FIDELITY  # the fidelity whose result chose the plan: `final` after a final selection
 
     def count(self, fidelity: str) -> int:
         return len(self.archive.at(fidelity))
@@ -99,7 +113,9 @@ class SearchPipeline:
         self.archive = Archive()
         self.rng = np.random.default_rng(config.seed)
         Repairer(codec, utility, config.budget_bytes).check_reachable()
+        self.final_top = config.preset.final_top if FINAL_FIDELITY in fidelities else 0
         self.stages = self._stages()
+        self.final = FinalStage(self.archive, self.final_top, config.budget_bytes) if self.final_top else None
 
     # -- strategies ---------------------------------------------------------------------------
     def _stages(self) -> list[Stage]:
@@ -109,7 +125,8 @@ class SearchPipeline:
             model = PerformanceModel(codec, self.utility, budget, seed=c.seed)
             evolution = EvolutionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
                                        settings=c.preset.evolution, costs=self.costs,
-                                       allotment=c.preset.stage1_share * c.preset.max_cost)
+                                       allotment=c.preset.stage1_share * c.preset.max_cost,
+                                       sensitivity=self.sensitivity)
             region = TrustRegionStage(codec=codec, repairer=repairer, model=model, archive=self.archive, rng=self.rng,
                                       batch_size=self.runner.workers, n_candidates=c.preset.tr_candidates)
             return [evolution, region]
@@ -126,32 +143,34 @@ class SearchPipeline:
     def run(self) -> RunOutcome:
         c = self.config
         started = time.perf_counter()
-        spent = 0.0
-        stopped_by = "strategy finished"
-        for stage in self.stages:
+        spent, stopped_by = self._run_stages(self.stages, c.preset.max_cost, 0.0, started)
+        if self.final is not None and stopped_by != "time limit":
+            # paid for in advance: the search stages could spend only max_cost
+            spent, _ = self._run_stages([self.final], c.preset.total_cost(self.costs), spent, started)
+        return self._outcome(spent, time.perf_counter() - started, stopped_by)
+
+    def _run_stages(self, stages: list[Stage], limit: float, spent: float, started: float) -> tuple[float, str]:
+        """Ask, trim to ``limit`` (high-trial units) and the time limit, run, record, tell; until done."""
+        time_limit = self.config.time_limit_s
+        for stage in stages:
             while not stage.done:
-                if c.time_limit_s is not None and time.perf_counter() - started >= c.time_limit_s:
-                    stopped_by = "time limit"
-                    break
+                if time_limit is not None and time.perf_counter() - started >= time_limit:
+                    return spent, "time limit"
                 asks = stage.ask(self.runner.workers)
                 if not asks:
                     break
                 affordable: list[Ask] = []
                 planned = spent
                 for ask in asks:
-                    if planned + self.costs[ask.fidelity] <= c.preset.max_cost + 1e-9:
+                    if planned + self.costs[ask.fidelity] <= limit + 1e-9:
                         affordable.append(ask)
                         planned += self.costs[ask.fidelity]
                 if not affordable:
-                    stopped_by = "trial budget"
-                    break
+                    return spent, "trial budget"
                 spent = self._run_batch(stage, affordable, spent, started)
                 if len(affordable) < len(asks):
-                    stopped_by = "trial budget"
-                    break
-            if stopped_by != "strategy finished":
-                break
-        return self._outcome(spent, time.perf_counter() - started, stopped_by)
+                    return spent, "trial budget"
+        return spent, "strategy finished"
 
     def _run_batch(self, stage: Stage, asks: list[Ask], spent: float, started: float) -> float:
         requests = [(a.plan, a.fidelity, derive_seed(self.config.seed, a.plan.plan_hash, a.fidelity)) for a in asks]
@@ -175,9 +194,10 @@ class SearchPipeline:
         outcome = f"{e.objective:.4f}" if e.ok else f"{e.result.status.value} ({e.result.error[:60]})"
         best_text = (f"best high {best.objective:.4f} at {best.predicted_peak_bytes / 2**20:.1f} MiB "
                      f"({100 * best.predicted_peak_bytes / c.budget_bytes:.1f}% of budget)" if best else "no high result yet")
+        total = c.preset.total_cost(self.costs)
         wall = sum(e.result.phases.model_dump().values())
         log.info(f"[{e.stage}] trial {len(self.archive.items)} {e.ask.fidelity:<4} {plan_brief(e.ask.plan)} "
-                 f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{c.preset.max_cost:g}, {elapsed:.0f} s")
+                 f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{total:g}, {elapsed:.0f} s")
 
     def _outcome(self, spent: float, elapsed: float, stopped_by: str) -> RunOutcome:
         budget = self.config.budget_bytes
@@ -185,7 +205,10 @@ class SearchPipeline:
         front = [highs[i] for i in front_indices([(e.objective, float(e.predicted_peak_bytes)) for e in highs])]
         rho, pairs = spearman_low_high(self.archive)
         evolution = next((s for s in self.stages if isinstance(s, EvolutionStage)), None)
-        return RunOutcome(archive=self.archive, chosen=self.archive.best(HIGH_FIDELITY, budget), front=front,
+        chosen_final = self.archive.best(FINAL_FIDELITY, budget)
+        chosen = chosen_final or self.archive.best(HIGH_FIDELITY, budget)
+        return RunOutcome(archive=self.archive, chosen=chosen, front=front,
+                          chosen_by=FINAL_FIDELITY if chosen_final is not None else HIGH_FIDELITY,
                           spent=spent, elapsed_s=elapsed, stopped_by=stopped_by,
                           hv_history=list(evolution.hv_history) if evolution else [],
                           hv_reference=evolution.reference if evolution else None,

@@ -17,6 +17,7 @@ from autoqra.search.codec import Genome
 
 LOW_FIDELITY = "low"
 HIGH_FIDELITY = "high"
+FINAL_FIDELITY = "final"  # the schedule a user trains with; the final selection runs it
 
 
 @dataclass(frozen=True)

@@ -230,8 +230,9 @@ class SearchRequest:
 
     ``budget``: peak training memory (``16GB`` = 16 GiB, ``qlora``, ``4bits``, ``80%``, bytes).
     ``space``: preset name or YAML path; ``model`` and ``task`` override the space's. ``max_trials``
-    is in high-trial units (default: the preset's); ``time_limit`` like ``30m``; ``out``: the run
-    directory (default ``runs/<strategy>-<time>``).
+    is in high-trial units, the final selection included (default: the preset's); ``final_top``: plans
+    retrained at ``final`` at the end (default: the preset's; 0 chooses by ``high``); ``time_limit``
+    like ``30m``; ``out``: the run directory (default ``runs/<strategy>-<time>``).
     """
 
     budget: str
@@ -241,6 +242,7 @@ class SearchRequest:
     strategy: str = "autoqra"
     preset: str = "quick"
     max_trials: float | None = None
+    final_top: int | None = None
     time_limit: str | None = None
     seed: int = 0
     priors: Path | None = None
@@ -257,6 +259,8 @@ class SearchRequest:
         chosen = preset(self.preset)
         if self.max_trials is not None:
             chosen.with_max_cost(self.max_trials)
+        if self.final_top is not None:
+            chosen.with_final_top(self.final_top)
         if self.time_limit is not None:
             parse_duration(self.time_limit)
         _check_seed(self.seed)

@@ -88,8 +88,13 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
 
     space, spec, task = resolve_trial_inputs(request.space, request.model, request.task)
     chosen = preset(request.preset)
+    costs = fidelity_costs(space.fidelities)
+    if request.final_top is not None:
+        chosen = chosen.with_final_top(request.final_top)
+    if "final" not in space.fidelities:
+        chosen = chosen.with_final_top(0)  # nothing to retrain at; the plan is chosen by `high`
     if request.max_trials is not None:
-        chosen = chosen.with_max_cost(request.max_trials)
+        chosen = chosen.with_trial_budget(request.max_trials, costs)
     codec = SearchCodec(spec, space)
     budget = resolve(parse_budget(request.budget), codec.memory)
     Repairer(codec, flat_utility(codec), budget.bytes).check_reachable()  # InfeasibleBudget states the minimum
@@ -151,9 +156,11 @@ def _log_settings(p: PreparedSearch) -> None:
         log.info("  note      every plan of the space fits this budget: the constraint never binds, the front is "
                  "still explored")
     limit = f", time limit {p.time_limit_s:.0f} s" if p.time_limit_s else ""
-    log.info(f"  strategy  {p.request.strategy}, preset {p.preset.name}: trial budget {p.preset.max_cost:g} "
-             f"high-trial units{limit}, seed {p.request.seed}")
-    for name in ("low", "high"):
+    final = (f" = {p.preset.max_cost:g} for the search + {p.preset.final_top} final trials x {costs['final']:.3g}"
+             if p.preset.final_top else " (no final selection: the plan is chosen by its high result)")
+    log.info(f"  strategy  {p.request.strategy}, preset {p.preset.name}: trial budget "
+             f"{p.preset.total_cost(costs):g} high-trial units{final}{limit}, seed {p.request.seed}")
+    for name in [n for n in ("low", "high", "final") if n in space.fidelities]:
         f = space.fidelities[name]
         log.info(f"  fidelity  {name}: {f.steps} steps x batch {f.batch_size} x seq {f.seq_len}, "
                  f"{f.eval_examples} eval examples; cost {costs[name]:.3g}")

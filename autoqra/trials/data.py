@@ -5,6 +5,10 @@
   Seeded split by article; metric: held-out token loss (perplexity reported too).
 - ``arith``: multi-step arithmetic word problems generated from a seed, one numeric answer each;
   disjoint train/eval; prompt tokens masked out of the labels; metric: exact match by greedy decoding.
+- ``extract``: instruction following where the adapter must learn a new mapping: a sentence about a
+  purchase (five templates, counts in digits or words) to a fixed-format record
+  (``name=...; item=...; count=...; day=...; city=...``), generated from a seed; disjoint train/eval;
+  prompt masked; metric: held-out loss on the record tokens.
 - a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
   ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
 """
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 EVAL_FRACTION = 0.1
-TASK_NAMES = ("news", "arith")
+TASK_NAMES = ("news", "arith", "extract")
 
 
 class TaskError(AutoQRAError):
@@ -95,18 +99,50 @@ def arith_problem(rng: random.Random) -> Prompted:
 
 def arith_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
     """Disjoint train/eval problems; the eval set depends on the seed only, not on n_train."""
-    eval_rng = random.Random(f"arith-eval-{seed}")
+    return _generated_split("arith", arith_problem, seed, n_train, n_eval)
+
+
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_CITIES = ("Oslo", "Lima", "Accra", "Hanoi", "Quito", "Porto", "Tunis", "Riga", "Perth", "Cusco")
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_TEMPLATES = (
+    "On {day}, {name} bought {count} {item} in {city}.",
+    "{name} picked up {count} {item} in {city} last {day}.",
+    "In {city}, {count} {item} were bought by {name} on {day}.",
+    "{count} {item} is what {name} got in {city} on {day}.",
+    "It was {day} when {name}, visiting {city}, paid for {count} {item}.",
+)
+
+
+def extract_problem(rng: random.Random) -> Prompted:
+    """One sentence and its record; the count is written in words half the time (the record has digits)."""
+    name, item, day, city = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_DAYS), rng.choice(_CITIES)
+    count = rng.randint(2, 20)
+    spoken = _WORDS[count] if rng.random() < 0.5 else str(count)
+    sentence = rng.choice(_TEMPLATES).format(name=name, item=item, day=day, city=city, count=spoken)
+    return Prompted(prompt=f"Sentence: {sentence}\nRecord:",
+                    answer=f" name={name}; item={item}; count={count}; day={day}; city={city}")
+
+
+def extract_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
+    """Disjoint train/eval items; the eval set depends on the seed only, not on n_train."""
+    return _generated_split("extract", extract_problem, seed, n_train, n_eval)
+
+
+def _generated_split(kind: str, make: Any, seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
+    eval_rng = random.Random(f"{kind}-eval-{seed}")
     evals: list[Prompted] = []
     seen: set[str] = set()
     while len(evals) < n_eval:
-        p = arith_problem(eval_rng)
+        p = make(eval_rng)
         if p.prompt not in seen:
             seen.add(p.prompt)
             evals.append(p)
-    train_rng = random.Random(f"arith-train-{seed}")
+    train_rng = random.Random(f"{kind}-train-{seed}")
     train: list[Prompted] = []
     while len(train) < n_train:
-        p = arith_problem(train_rng)
+        p = make(train_rng)
         if p.prompt not in seen:
             seen.add(p.prompt)
             train.append(p)
@@ -159,6 +195,11 @@ def build_task(task: str, tokenizer: Any, seq_len: int, eval_examples: int, trai
         ti, tl = _prompted_rows(train, tokenizer, seq_len)
         ei, el = _prompted_rows(evals, tokenizer, seq_len)
         return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), tuple(evals), "accuracy")
+    if task == "extract":
+        train, evals = extract_split(data_seed, train_rows, eval_examples)
+        ti, tl = _prompted_rows(train, tokenizer, seq_len)
+        ei, el = _prompted_rows(evals, tokenizer, seq_len)
+        return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), (), "loss")
     path = Path(task).expanduser()
     if path.suffix == ".jsonl":
         return _jsonl_task(path, tokenizer, seq_len, eval_examples, data_seed)
@@ -181,7 +222,7 @@ def check_task(task: str) -> None:
     if task == "news":
         _gensim_data("lee_background.cor")
         return
-    if task == "arith":
+    if task in ("arith", "extract"):
         return
     path = Path(task).expanduser()
     if path.suffix != ".jsonl":

@@ -32,6 +32,7 @@ def small_space(tmp_path_factory):
     data["name"] = "default-test"
     data["fidelities"]["low"] = {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
     data["fidelities"]["high"] = {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    data["fidelities"]["final"] = {"steps": 6, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
     path = tmp_path_factory.mktemp("space") / "space.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -45,8 +46,9 @@ def search(env, *args):
 @pytest.fixture(scope="module")
 def autoqra_run(env, small_space, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r1"
-    # low costs 0.5 of a high trial: generation 0 = 6 low + 3 high (cost 6), then 3 trust-region highs
-    proc = search(env, "--budget", "qlora", "--space", str(small_space), "--max-trials", "9", "--out", str(out))
+    # low costs 0.5 of a high trial, final 1.5: 12 units = 9 for the search (the warm start's lows, 3
+    # promotions, trust-region highs) + the final selection, 2 x 1.5
+    proc = search(env, "--budget", "qlora", "--space", str(small_space), "--max-trials", "12", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out
 
@@ -60,8 +62,10 @@ def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
         assert (out / name).is_file(), name
     # settings and progress are printed, the report ends with the plan and the front
     assert "budget    qlora = peak of uniform NF4-DQ QLoRA" in proc.stderr and "strategy  autoqra" in proc.stderr
-    assert "[nsga2] trial 1 low" in proc.stderr and "[trust-region]" in proc.stderr
-    assert "chosen plan: objective" in proc.stdout and "Pareto front" in proc.stdout
+    assert "[nsga2] trial 1 low" in proc.stderr and "[trust-region]" in proc.stderr and "[final]" in proc.stderr
+    assert "generation 0 is the warm start" in proc.stderr
+    assert "chosen plan (by its final result): objective" in proc.stdout and "Pareto front" in proc.stdout
+    assert "final selection: the best 2 plan(s)" in proc.stdout
 
     space = load_space(str(small_space))
     spec = model_spec(space.model)
@@ -71,15 +75,21 @@ def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
     assert memory.total(plan) <= budget  # the chosen plan fits
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trials"] == {"low": 6, "high": 6} and summary["cost_spent_high_units"] == pytest.approx(9)
+    counts = summary["trials"]
+    assert counts["low"] >= 6 and counts["high"] >= 4 and counts["final"] == 2 and summary["chosen_by"] == "final"
+    search_cost = 0.5 * counts["low"] + counts["high"]
+    assert 8 <= search_cost <= 9 and summary["cost_spent_high_units"] == pytest.approx(search_cost + 2 * 1.5)
     assert summary["chosen"]["plan_hash"] == plan.plan_hash and summary["promoted_pairs"] == 3
 
     study = optuna.load_study(study_name="autoqra", storage=f"sqlite:///{out / 'trials.db'}")
     trials = study.get_trials()
-    assert len(trials) == 12
+    assert len(trials) == sum(counts.values())
     highs = [t for t in trials if t.user_attrs["fidelity"] == "high" and t.values is not None]
-    best = max(highs, key=lambda t: (t.values[0], -t.values[1]))
-    assert best.user_attrs["plan_hash"] == plan.plan_hash
+    finals = [t for t in trials if t.user_attrs["fidelity"] == "final" and t.values is not None]
+    ranked = sorted(highs, key=lambda t: (-t.values[0], t.values[1]))
+    assert {t.user_attrs["plan_hash"] for t in finals} == {t.user_attrs["plan_hash"] for t in ranked[:2]}
+    best = max(finals, key=lambda t: (t.values[0], -t.values[1]))
+    assert best.user_attrs["plan_hash"] == plan.plan_hash  # chosen by its final result
     for t in trials:  # every trial was a real training run
         result = t.user_attrs["result"]
         assert result["device"] == "cpu" and len(result["train_losses"]) == result["fidelity"]["steps"]
@@ -99,12 +109,12 @@ def test_existing_run_directory_is_refused_and_left_alone(env, autoqra_run):
 
 
 def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_path):
-    proc = search(env, "--budget", "16GB", "--space", str(small_space), "--strategy", "uniform", "--max-trials", "1",
-                  "--out", str(tmp_path / "u"))
+    proc = search(env, "--budget", "16GB", "--space", str(small_space), "--strategy", "uniform", "--max-trials", "2.5",
+                  "--final-top", "1", "--out", str(tmp_path / "u"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "every plan of the space fits this budget" in proc.stderr
     summary = json.loads((tmp_path / "u" / "summary.json").read_text())
-    assert summary["trials"] == {"low": 0, "high": 1}
+    assert summary["trials"] == {"low": 0, "high": 1, "final": 1}
     # the uniform baseline starts with the QLoRA reference (NF4 double-quant r=16), trained for real
     assert Plan.from_json((tmp_path / "u" / "plan.json").read_text()).groups[0].format.label == "nf4-dq"
 
@@ -114,6 +124,8 @@ def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_p
     (("--budget", "1MB"), "smallest reachable peak is"),
     (("--budget", "qlora", "--time-limit", "5x"), "--time-limit '5x' is not understood"),
     (("--budget", "qlora", "--max-trials", "0"), "--max-trials must be > 0"),
+    (("--budget", "qlora", "--final-top", "-1"), "--final-top must be >= 0"),
+    (("--budget", "qlora", "--max-trials", "10"), "--max-trials 10 does not leave the search anything after the final"),
     (("--budget", "qlora", "--space", "nope.yaml"), "neither a file nor a preset"),
 ])
 def test_bad_search_input_is_one_line(env, tmp_path, args, needle):

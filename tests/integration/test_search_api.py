@@ -38,7 +38,8 @@ def tiny_space(cache_dir, tmp_path_factory):
                     "ranks": [0, 4, 8]},
         "training": {"batch_size": 2, "seq_len": 32, "compute_dtype": "bf16"},
         "fidelities": {"low": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4},
-                       "high": {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4}},
+                       "high": {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4},
+                       "final": {"steps": 6, "batch_size": 2, "seq_len": 32, "eval_examples": 4}},
         "task": "news",
     }
     path = root / "space.yaml"
@@ -55,7 +56,7 @@ def trial_lines(run_dir: Path) -> list[tuple]:
 def test_python_entry_point_runs_the_same_trials_as_the_cli(tiny_space, cache_dir, tmp_path):
     from autoqra import Plan, SearchRequest, run_search
 
-    request = SearchRequest(budget="qlora", space=str(tiny_space), max_trials=9, seed=7, out=tmp_path / "api")
+    request = SearchRequest(budget="qlora", space=str(tiny_space), max_trials=12, seed=7, out=tmp_path / "api")
     outcome = run_search(request)
     assert outcome.run_dir == tmp_path / "api" and outcome.chosen_plan is not None
     assert Plan.from_json((outcome.run_dir / "plan.json").read_text()) == outcome.chosen_plan
@@ -64,15 +65,15 @@ def test_python_entry_point_runs_the_same_trials_as_the_cli(tiny_space, cache_di
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
     proc = subprocess.run([sys.executable, "-m", "autoqra", "search", "--budget", "qlora", "--space", str(tiny_space),
-                           "--max-trials", "9", "--seed", "7", "--out", str(tmp_path / "cli")],
+                           "--max-trials", "12", "--seed", "7", "--out", str(tmp_path / "cli")],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     api, cli = trial_lines(tmp_path / "api"), trial_lines(tmp_path / "cli")
-    assert len(api) >= 6 and {t[2] for t in api} == {"low", "high"}  # both fidelities were run
+    assert len(api) >= 8 and {t[2] for t in api} == {"low", "high", "final"}  # every fidelity was run
     assert api == cli
     assert (tmp_path / "cli" / "plan.json").read_text() == (tmp_path / "api" / "plan.json").read_text()
     # the library call logged nothing to stdout; the CLI printed the report there
-    assert "chosen plan: objective" in proc.stdout and "[nsga2] trial 1 low" in proc.stderr
+    assert "chosen plan (by its final result): objective" in proc.stdout and "[nsga2] trial 1 low" in proc.stderr
 
 
 def test_request_values_are_checked_when_built():

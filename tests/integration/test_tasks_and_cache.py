@@ -1,4 +1,4 @@
-"""Tasks (news, arith, JSONL) and the quantized-layer cache."""
+"""Tasks (news, arith, extract, JSONL) and the quantized-layer cache."""
 
 import json
 
@@ -7,7 +7,9 @@ import torch
 from transformers import AutoTokenizer
 
 from autoqra.domain import QuantFormat
-from autoqra.trials.data import IGNORE, TaskError, arith_split, build_task, news_articles
+import re
+
+from autoqra.trials.data import IGNORE, TaskError, arith_split, build_task, extract_split, news_articles
 from autoqra.trials.layer_cache import LayerCache
 
 
@@ -44,6 +46,28 @@ def test_arith_is_disjoint_deterministic_and_masked(tok):
     assert text.strip().split("<")[0].strip().lstrip("-").isdigit()  # only the answer (and EOS) is scored
     prompt_len = row_labels.index(next(lab for lab in row_labels if lab != IGNORE))
     assert "Question:" in tok.decode(row_ids[:prompt_len])
+
+
+def test_extract_is_disjoint_deterministic_masked_and_fits_the_high_rows(tok):
+    train, evals = extract_split(seed=0, n_train=400, n_eval=48)
+    assert not {p.prompt for p in train} & {p.prompt for p in evals}
+    assert extract_split(0, 10, 48)[1] == evals and extract_split(1, 10, 48)[1] != evals
+    record = re.compile(r" name=(\w+); item=(\w+); count=(\d+); day=(\w+); city=(\w+)")
+    spelled = 0
+    for p in train:
+        m = record.fullmatch(p.answer)
+        assert m is not None, p.answer
+        name, item, count, day, city = m.groups()
+        assert all(word in p.prompt for word in (name, item, day, city))
+        spelled += count not in p.prompt  # the count is in words: the adapter must map it to digits
+    assert 0.3 < spelled / len(train) < 0.7
+    data = build_task("extract", tok, 64, 48, train_rows=64)
+    assert data.metric == "loss" and data.eval_ids.shape == (48, 64) and not data.generation
+    for ids, labels in zip(data.eval_ids.tolist(), data.eval_labels.tolist(), strict=True):
+        scored = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+        assert scored.startswith(" name=") and "city=" in scored  # the whole record is scored, untruncated
+        first = labels.index(next(lab for lab in labels if lab != IGNORE))
+        assert tok.decode(ids[:first]).startswith("Sentence:")  # the prompt is not
 
 
 def test_jsonl_text_and_alpaca(tok, tmp_path):
