@@ -1,0 +1,455 @@
+"""The comparison: every strategy's chosen plan retrained at `final`, beside the uniform references.
+
+On the embedded model and the default space: references without search (16-bit LoRA r16, QLoRA
+NF4-DQ r16, uniform HQQ-4 r16 with and without LoftQ-style init, uniform HQQ-3 r16) and the
+strategies ``sequential``, ``random``, ``optuna-nsga2``, ``optuna-tpe`` and ``autoqra``, each given
+the same trial budget (the preset's, in high-trial units), each chosen plan retrained at `final`
+with fixed trial seeds. Grids:
+
+- ``main``: task ``news`` at the ``qlora`` budget, 3 search seeds, 2 `final` seeds;
+- ``secondary``: 1 search seed, 2 `final` seeds; the ``extract`` task at ``qlora``, and ``news`` at
+  85% of the ``qlora`` budget.
+
+Resumable: each cell (method, task, budget, seed) is a JSON file under ``--out`` written when it
+finishes, and each `final` retrain of a plan is a cell of its own (shared by the methods that chose
+that plan); a rerun skips finished cells, and a search whose run directory holds a finished run
+(``summary.json``) is read back instead of run again. ``--report`` writes ``docs/results.md`` and
+the best-so-far plot from the cells only. Every figure is a real training run on this machine.
+
+    .venv/bin/python experiments/compare.py                  # the main grid, then the report
+    .venv/bin/python experiments/compare.py --grid all       # main and secondary grids
+    .venv/bin/python experiments/compare.py --report         # only the report, from the cells
+    .venv/bin/python experiments/compare.py --smoke --out D  # a tiny model, a minute (the test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("sequential", "autoqra", "random", "optuna-tpe", "optuna-nsga2")
+REFERENCES = ("lora16-r16", "qlora-nf4dq-r16", "hqq4-r16", "hqq4-r16-loftq", "hqq3-r16")
+FINAL_SEEDS = (1, 2)  # trial seeds of the `final` retrains, the same for every plan
+TIGHT = 0.85  # the secondary grid's tighter budget, a fraction of the qlora budget
+
+
+@dataclass(frozen=True)
+class Grid:
+    task: str
+    budget: str  # "qlora" or "85%qlora"
+    seeds: tuple[int, ...]
+
+
+def grids(name: str) -> list[Grid]:
+    main = [Grid("news", "qlora", (0, 1, 2))]
+    secondary = [Grid("extract", "qlora", (0,)), Grid("news", f"{round(100 * TIGHT)}%qlora", (0,))]
+    return {"main": main, "secondary": secondary, "all": main + secondary}[name]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the cells go and what they run on: the default space, or the smoke test's tiny model."""
+
+    space: str
+    out: Path
+    runs: Path
+    max_trials: float | None  # None: the preset's
+    methods: tuple[str, ...]
+    references: tuple[str, ...]
+    final_seeds: tuple[int, ...]
+    grids: tuple[Grid, ...]
+    device: str
+
+
+# -- cells -----------------------------------------------------------------------------------------
+def cell_name(*parts: object) -> str:
+    return ".".join(str(p).replace("%", "pct").replace("/", "_") for p in parts)
+
+
+def write_cell(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def read_cells(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def budget_bytes(setup: Setup, budget: str) -> int:
+    from autoqra.search.codec import SearchCodec
+    from autoqra.space.budget import parse_budget, resolve
+    from autoqra.space.model_spec import model_spec
+    from autoqra.space.search_space import load_space
+
+    space = load_space(setup.space)
+    codec = SearchCodec(model_spec(space.model), space)
+    qlora = resolve(parse_budget("qlora"), codec.memory).bytes
+    return qlora if budget == "qlora" else int(qlora * float(budget.split("%")[0]) / 100)
+
+
+def reference_plan(setup: Setup, name: str) -> tuple[Any, str]:
+    """(plan, init) of a reference."""
+    from autoqra.domain import QuantFormat
+    from autoqra.space.model_spec import model_spec
+    from autoqra.space.reference import lora16_plan, qlora_plan
+    from autoqra.space.search_space import load_space
+
+    space = load_space(setup.space)
+    spec = model_spec(space.model)
+    if name == "lora16-r16":
+        return lora16_plan(spec, space.training.compute_dtype, space.granularity), "default"
+    if name == "qlora-nf4dq-r16":
+        return qlora_plan(spec, space.granularity), "default"
+    bits = 4 if name.startswith("hqq4") else 3
+    plan = qlora_plan(spec, space.granularity)
+    fmt = QuantFormat(name="hqq", bits=bits, group_size=64)
+    plan = plan.model_copy(update={"groups": tuple(g.model_copy(update={"format": fmt}) for g in plan.groups)})
+    return plan, "loftq" if name.endswith("loftq") else "default"
+
+
+class Finals:
+    """`final` retrains, one cell per (task, plan, init, seed), shared by every method that chose the plan."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.folder = setup.out / "finals"
+        self._evaluators: dict[tuple[str, str], Any] = {}
+
+    def path(self, task: str, plan_hash: str, init: str, seed: int) -> Path:
+        return self.folder / f"{cell_name(task, plan_hash[:12], init, f's{seed}')}.json"
+
+    def get(self, task: str, plan: Any, init: str = "default") -> list[float | None]:
+        values = []
+        for seed in self.setup.final_seeds:
+            path = self.path(task, plan.plan_hash, init, seed)
+            if not path.is_file():
+                self._run(task, plan, init, seed, path)
+            values.append(json.loads(path.read_text())["objective"])
+        return values
+
+    def _run(self, task: str, plan: Any, init: str, seed: int, path: Path) -> None:
+        from autoqra.space.search_space import load_space
+
+        space = load_space(self.setup.space)
+        started = time.perf_counter()
+        result = self._evaluator(task, init).evaluate(plan, space.fidelities["final"], seed)
+        wall = time.perf_counter() - started
+        write_cell(path, {"task": task, "plan_hash": plan.plan_hash, "init": init, "seed": seed,
+                          "status": result.status.value, "objective": result.objective,
+                          "eval_loss": result.metrics.eval_loss, "wall_s": wall, "plan": plan.to_dict(),
+                          "fidelity": result.fidelity.model_dump(mode="json"), "commit": commit()})
+        log(f"  final {task} {plan.plan_hash[:8]} init {init} seed {seed} -> {result.objective} ({wall:.0f} s)")
+
+    def _evaluator(self, task: str, init: str) -> Any:
+        from autoqra.space.search_space import load_space
+        from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
+
+        if (task, init) not in self._evaluators:
+            space = load_space(self.setup.space)
+            t = space.training
+            self._evaluators[(task, init)] = Evaluator(EvaluatorConfig(
+                model=space.model, task=task, compute_dtype=t.compute_dtype, device=self.setup.device,
+                learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
+                optimizer=t.optimizer, init=init))
+        return self._evaluators[(task, init)]
+
+
+def run_reference(setup: Setup, finals: Finals, name: str, grid: Grid) -> None:
+    path = setup.out / "cells" / f"{cell_name('ref', name, grid.task, grid.budget)}.json"
+    if path.is_file():
+        return
+    from autoqra.space.memory import MemoryModel
+    from autoqra.space.model_spec import model_spec
+    from autoqra.space.search_space import load_space
+
+    log(f"reference {name} on {grid.task} ({grid.budget})")
+    plan, init = reference_plan(setup, name)
+    space = load_space(setup.space)
+    peak = MemoryModel(model_spec(space.model), space.setup).total(plan)
+    values = finals.get(grid.task, plan, init)
+    write_cell(path, {"kind": "reference", "method": name, "task": grid.task, "budget": grid.budget,
+                      "budget_bytes": budget_bytes(setup, grid.budget), "seed": None, "final": values,
+                      "predicted_peak_bytes": peak, **plan_stats(plan), "search_cost": 0.0, "search_wall_s": 0.0,
+                      "plan": plan.to_dict(), "init": init, "commit": commit(), "machine": machine()})
+
+
+def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int) -> None:
+    path = setup.out / "cells" / f"{cell_name(method, grid.task, grid.budget, f's{seed}')}.json"
+    if path.is_file():
+        return
+    run_dir = setup.runs / cell_name(method, grid.task, grid.budget, f"s{seed}")
+    if not (run_dir / "summary.json").is_file():
+        if run_dir.exists():
+            log(f"  {run_dir} holds an unfinished run: removed, the search starts again")
+            shutil.rmtree(run_dir)
+        search(setup, method, grid, seed, run_dir)
+    from autoqra.domain import Plan
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not (run_dir / "plan.json").is_file():
+        log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
+        return
+    plan = Plan.from_json((run_dir / "plan.json").read_text())
+    values = finals.get(grid.task, plan)
+    chosen = summary["chosen"]
+    write_cell(path, {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
+                      "budget_bytes": summary["budget_bytes"], "seed": seed, "final": values,
+                      "predicted_peak_bytes": chosen["predicted_peak_bytes"], **plan_stats(plan),
+                      "search_cost": summary["cost_spent_high_units"], "search_wall_s": summary["elapsed_s"],
+                      "trials": summary["trials"], "chosen_by": summary.get("chosen_by", "high"),
+                      "chosen_objective": chosen["objective"], "best_so_far": best_so_far(run_dir),
+                      "plan": plan.to_dict(), "commit": commit(), "machine": machine()})
+
+
+def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> None:
+    from autoqra.service.requests import SearchRequest
+    from autoqra.service.search import run_search
+
+    budget = "qlora" if grid.budget == "qlora" else str(budget_bytes(setup, grid.budget))
+    log(f"search {method} on {grid.task} at {grid.budget} ({budget}) seed {seed} -> {run_dir}")
+    run_search(SearchRequest(budget=budget, space=setup.space, task=grid.task, strategy=method, seed=seed,
+                             max_trials=setup.max_trials, device=setup.device, out=run_dir))
+
+
+def best_so_far(run_dir: Path) -> list[tuple[float, float]]:
+    """(cumulative trial cost, best objective at high or final so far) after each trial."""
+    costs = json.loads((run_dir / "settings.json").read_text())["fidelity_costs"]
+    budget = json.loads((run_dir / "summary.json").read_text())["budget_bytes"]
+    spent, best, out = 0.0, float("-inf"), []
+    for line in (run_dir / "trials.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        spent += costs[row["fidelity"]]
+        objective = row["result"]["objective"]
+        if row["fidelity"] == "high" and objective is not None and row["predicted_peak_bytes"] <= budget:
+            best = max(best, objective)
+        out.append((spent, best))
+    return out
+
+
+def plan_stats(plan: Any) -> dict[str, float]:
+    n = sum(len(g.modules) for g in plan.groups)
+    return {"avg_bits": sum(g.format.bits * len(g.modules) for g in plan.groups) / n,
+            "avg_rank": sum(g.rank * len(g.modules) for g in plan.groups) / n}
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=False)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} (torch threads {torch_threads()})"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- report ----------------------------------------------------------------------------------------
+def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
+    import statistics
+
+    cells = read_cells(setup.out / "cells")
+    lines = ["# Results: the chosen plans retrained at `final`", "",
+             "Generated by `experiments/compare.py --report` from the cells in "
+             f"`{setup.out.relative_to(ROOT) if setup.out.is_relative_to(ROOT) else setup.out}/cells/` "
+             f"(command: `{command}`). Objective = -held-out loss at `final`, higher is better; mean ± std over "
+             "search seeds x `final` seeds; gap closed = share of the QLoRA -> 16-bit LoRA gap. "
+             "Every figure is a real training run on this machine.", ""]
+    commits = sorted({c.get("commit", "?") for c in cells})
+    machines = sorted({c.get("machine", "?") for c in cells})
+    lines += [f"Commits: {', '.join(commits) or '-'}. Machine: {'; '.join(machines) or '-'}.", ""]
+    for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k)):
+        rows = [c for c in cells if c["task"] == task and c["budget"] == budget]
+        refs = {c["method"]: c for c in cells if c["kind"] == "reference" and c["task"] == task}
+        ceiling, floor = _mean(refs.get("lora16-r16")), _mean(refs.get("qlora-nf4dq-r16"))
+        lines += [f"## {task} at {budget} ({rows[0]['budget_bytes'] / 2**20:.1f} MiB)", "",
+                  "| method | final objective | n | gap closed | avg bits | avg rank | predicted peak | budget "
+                  "| trial cost (high units, final selection included) | search wall | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        methods = [m for m in (*REFERENCES, *METHODS) if any(c["method"] == m for c in rows)]
+        for method in methods:
+            mine = [c for c in rows if c["method"] == method]
+            values = [v for c in mine for v in c["final"] if v is not None]
+            if not values:
+                continue
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            gap = (f"{100 * (mean - floor) / (ceiling - floor):.0f}%"
+                   if ceiling is not None and floor is not None and ceiling != floor else "-")
+            peak = statistics.fmean(c["predicted_peak_bytes"] for c in mine)
+            frac = peak / rows[0]["budget_bytes"]
+            cost = statistics.fmean(c["search_cost"] for c in mine)
+            wall = statistics.fmean(c["search_wall_s"] for c in mine)
+            seeds = ", ".join(str(c["seed"]) for c in mine if c["seed"] is not None) or "-"
+            over = " (over budget)" if frac > 1 + 1e-9 else ""
+            lines.append(f"| {method} | {mean:.4f} ± {std:.4f} | {len(values)} | {gap} | "
+                         f"{statistics.fmean(c['avg_bits'] for c in mine):.2f} | "
+                         f"{statistics.fmean(c['avg_rank'] for c in mine):.1f} | {peak / 2**20:.1f} MiB | "
+                         f"{100 * frac:.1f}%{over} | {cost:.1f} | {wall / 60:.1f} min | {seeds} |")
+        lines.append("")
+    if any(c["kind"] == "method" for c in cells):
+        best_so_far_plot(cells, plot)
+        lines += [f"![best so far]({os.path.relpath(plot, doc.parent)})", "",
+                  "Best objective at `high` within the budget against trial cost spent (high-trial units), per "
+                  "method, first search seed of each grid; the final selection's `final` trials are spent at the "
+                  "end of each curve and do not change it (they are on another scale).", ""]
+    text = "\n".join(lines)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return text
+
+
+def _mean(cell: dict[str, Any] | None) -> float | None:
+    if cell is None:
+        return None
+    values = [v for v in cell["final"] if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def best_so_far_plot(cells: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(c["task"], c["budget"]) for c in cells if c["kind"] == "method"},
+                  key=lambda k: (k[1] != "qlora", k))
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4.4), squeeze=False)
+    for ax, (task, budget) in zip(axes[0], keys, strict=True):
+        for method in METHODS:
+            mine = sorted((c for c in cells if c["kind"] == "method" and c["method"] == method
+                           and c["task"] == task and c["budget"] == budget), key=lambda c: c["seed"])
+            if not mine:
+                continue
+            points = [(x, y) for x, y in mine[0]["best_so_far"] if y != float("-inf")]
+            if points:
+                ax.step([p[0] for p in points], [p[1] for p in points], where="post", label=method)
+        ax.set_title(f"{task} at {budget}")
+        ax.set_xlabel("trial cost spent (high-trial units)")
+        ax.set_ylabel("best objective at high (-held-out loss)")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- smoke ------------------------------------------------------------------------------------------
+def smoke_space(folder: Path) -> Path:
+    """A 2-block Llama with random weights (tokenizer of the embedded model) and a space of a few steps."""
+    import torch
+    import yaml
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from autoqra.trials.models import embedded_default_folder
+
+    path = folder / "space.yaml"
+    if path.is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_default_folder()))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(folder / "model"))
+    tokenizer.save_pretrained(str(folder / "model"))
+    fid = {"batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    path.write_text(yaml.safe_dump({
+        "version": 1, "name": "compare-smoke", "model": str(folder / "model"), "granularity": "block",
+        "choices": {"formats": [{"name": "hqq", "bits": b, "group_size": 64} for b in (2, 3, 4, 8)]
+                    + [{"name": "bf16", "bits": 16}], "ranks": [0, 4, 8, 16]},
+        "training": {"batch_size": 2, "seq_len": 32, "compute_dtype": "bf16"},
+        "fidelities": {"low": {"steps": 2, **fid}, "high": {"steps": 4, **fid}, "final": {"steps": 6, **fid}},
+        "task": "news",
+    }))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=["main", "secondary", "all"], default="main")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--references", nargs="+", choices=REFERENCES, default=list(REFERENCES))
+    parser.add_argument("--max-trials", type=float, help="trial budget of every search (default: the quick preset's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "compare")
+    parser.add_argument("--report", action="store_true", help="only write the report from the cells")
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model, 2 methods, 1 seed: for the test")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from autoqra.cli import configure_logging, quiet_libraries
+
+    configure_logging(verbose=False, quiet=False)
+    quiet_libraries("search", verbose=False)
+    out = args.out.resolve()
+    if args.smoke:
+        setup = Setup(space=str(smoke_space(_mkdir(out / "smoke-model"))), out=out, runs=out / "runs",
+                      max_trials=6.0, methods=("sequential", "autoqra"), references=("lora16-r16", "qlora-nf4dq-r16"),
+                      final_seeds=(1,), grids=(Grid("news", "qlora", (0,)), Grid("extract", "qlora", (0,))),
+                      device="cpu")
+        doc, plot = out / "results.md", out / "best-so-far.png"
+    else:
+        setup = Setup(space="default", out=out, runs=out / "runs", max_trials=args.max_trials,
+                      methods=tuple(args.methods), references=tuple(args.references), final_seeds=FINAL_SEEDS,
+                      grids=tuple(grids(args.grid)), device=args.device)
+        doc, plot = ROOT / "docs" / "results.md", ROOT / "docs" / "results-best-so-far.png"
+    if not args.report:
+        run_grid(setup)
+    report(setup, doc, plot, "python experiments/compare.py" + (" --smoke" if args.smoke else ""))
+    log(f"wrote {doc} and {plot}")
+    return 0
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_grid(setup: Setup) -> None:
+    """Per grid: the two references that define the gap, every method at the first seed, the other
+    references, then the other seeds; so what finishes first is already a comparison."""
+    finals = Finals(setup)
+    core = [r for r in setup.references if r in ("lora16-r16", "qlora-nf4dq-r16")]
+    for grid in setup.grids:
+        for name in core:
+            run_reference(setup, finals, name, grid)
+        for method in setup.methods:
+            run_method(setup, finals, method, grid, grid.seeds[0])
+        for name in [r for r in setup.references if r not in core]:
+            run_reference(setup, finals, name, grid)
+        for seed in grid.seeds[1:]:
+            for method in setup.methods:
+                run_method(setup, finals, method, grid, seed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
