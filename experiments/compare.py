@@ -313,6 +313,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                          f"{statistics.fmean(c['avg_rank'] for c in mine):.1f} | {peak / 2**20:.1f} MiB | "
                          f"{100 * frac:.1f}%{over} | {cost:.1f} | {wall / 60:.1f} min | {seeds} |")
         lines.append("")
+        lines += reach_random(rows)
     if any(c["kind"] == "method" for c in cells):
         best_so_far_plot(cells, plot)
         lines += [f"![best so far]({os.path.relpath(plot, doc.parent)})", "",
@@ -323,6 +324,24 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     return text
+
+
+def reach_random(rows: list[dict[str, Any]]) -> list[str]:
+    """Per seed: the trial cost at which each method's best `high` result first reached the best `high`
+    result random search had at the end of its budget (a proxy: `final` is run only at the end)."""
+    randoms = {c["seed"]: c for c in rows if c["method"] == "random"}
+    out = []
+    for method in [m for m in METHODS if m != "random"]:
+        reached = []
+        for c in sorted((c for c in rows if c["method"] == method and c["seed"] in randoms), key=lambda c: c["seed"]):
+            target = max(y for _, y in randoms[c["seed"]]["best_so_far"])
+            total = randoms[c["seed"]]["search_cost"]
+            hit = next((x for x, y in c["best_so_far"] if y >= target), None)
+            reached.append(f"seed {c['seed']}: {hit:.2f} of random's {total:.1f}" if hit is not None
+                           else f"seed {c['seed']}: not reached")
+        if reached:
+            out.append(f"- {method} reached random's best `high` at: {'; '.join(reached)} high-trial units")
+    return [*out, ""] if out else []
 
 
 def _mean(cell: dict[str, Any] | None) -> float | None:

@@ -1,0 +1,56 @@
+"""experiments/compare.py --smoke: the comparison script end to end on a tiny model, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compare(out: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_dir, tmp_path):
+    import matplotlib.image
+
+    out = tmp_path / "compare"
+    first = compare(out, cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cells = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    expected = {f"{m}.{task}.qlora.s0.json" for m in ("sequential", "autoqra") for task in ("news", "extract")}
+    expected |= {f"ref.{r}.{task}.qlora.json" for r in ("lora16-r16", "qlora-nf4dq-r16") for task in ("news", "extract")}
+    assert set(cells) == expected
+    for cell in cells.values():
+        assert len(cell["final"]) == 1 and all(math.isfinite(v) for v in cell["final"])
+        if cell["kind"] == "method":  # a searched plan fits, was chosen by its final trial, cost what it says
+            assert cell["predicted_peak_bytes"] <= cell["budget_bytes"] and cell["chosen_by"] == "final"
+            assert 0 < cell["search_cost"] <= 6 + 1e-9 and cell["trials"]["final"] >= 1
+            assert cell["best_so_far"][-1][0] == cell["search_cost"]
+    # the final retrain of a plan is shared: every method cell's value is its plan's retrain cell
+    from autoqra.domain import Plan
+
+    for cell in cells.values():
+        plan_hash = Plan.from_dict(cell["plan"]).plan_hash
+        retrain = json.loads((out / "finals" / f"{cell['task']}.{plan_hash[:12]}.default.s1.json").read_text())
+        assert retrain["objective"] == cell["final"][0] and retrain["fidelity"]["name"] == "final"
+    text = (out / "results.md").read_text()
+    for task in ("news", "extract"):
+        assert f"## {task} at qlora" in text
+    for method in ("lora16-r16", "qlora-nf4dq-r16", "sequential", "autoqra"):
+        assert text.count(f"| {method} |") == 2
+    image = matplotlib.image.imread(out / "best-so-far.png")
+    assert image.shape[0] > 200 and image.shape[1] > 400 and float(image.std()) > 0.02  # decodes, not blank
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    again = compare(out, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search " not in again.stderr and "final " not in again.stderr  # nothing re-run
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == mtimes
