@@ -222,8 +222,9 @@ def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> N
 
     budget = "qlora" if grid.budget == "qlora" else str(budget_bytes(setup, grid.budget))
     log(f"search {method} on {grid.task} at {grid.budget} ({budget}) seed {seed} -> {run_dir}")
-    run_search(SearchRequest(budget=budget, space=setup.space, task=grid.task, strategy=method, seed=seed,
-                             max_trials=setup.max_trials, device=setup.device, out=run_dir))
+    outcome = run_search(SearchRequest(budget=budget, space=setup.space, task=grid.task, strategy=method, seed=seed,
+                                       max_trials=setup.max_trials, device=setup.device, out=run_dir))
+    (run_dir / "report.txt").write_text("\n".join(outcome.report_lines()) + "\n")  # what `autoqra search` prints
 
 
 def best_so_far(run_dir: Path) -> list[tuple[float, float]]:

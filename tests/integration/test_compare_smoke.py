@@ -41,6 +41,8 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
         plan_hash = Plan.from_dict(cell["plan"]).plan_hash
         retrain = json.loads((out / "finals" / f"{cell['task']}.{plan_hash[:12]}.default.s1.json").read_text())
         assert retrain["objective"] == cell["final"][0] and retrain["fidelity"]["name"] == "final"
+    report = (out / "runs" / "autoqra.news.qlora.s0" / "report.txt").read_text()
+    assert "final selection: the best" in report and "chosen plan (by its final result)" in report
     text = (out / "results.md").read_text()
     for task in ("news", "extract"):
         assert f"## {task} at qlora" in text
