@@ -128,7 +128,8 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     srch.add_argument("--final-top", type=int, help="retrain the best K plans at the space's `final` fidelity and "
                       "choose the best final result (0: choose by high); default: the preset's (quick 2, "
                       "standard 3, paper 4)")
-    srch.add_argument("--time-limit", help="stop starting trials after this long, e.g. 30m, 1h, 90s")
+    srch.add_argument("--time-limit", help="stop starting trials after this long, e.g. 30m, 1h, 90s (a limit "
+                      "reached skips the final selection: the plan is then chosen by high)")
     srch.add_argument("--seed", type=int, default=0, help="run seed (default 0): the search and every trial seed")
     srch.add_argument("--priors", type=Path, help="priors file from `autoqra priors` (default: measured once and cached)")
     srch.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

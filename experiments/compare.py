@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from autoqra.errors import AutoQRAError  # noqa: E402 (light: no torch)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("sequential", "autoqra", "random", "optuna-tpe", "optuna-nsga2")
@@ -90,6 +93,25 @@ def read_cells(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+def final_key(setup: Setup) -> str:
+    from autoqra.space.search_space import load_space
+
+    f = load_space(setup.space).fidelities["final"]
+    return f"final-{f.steps}x{f.batch_size}x{f.seq_len}e{f.eval_examples}a{f.grad_accum}"
+
+
+def check_cell(path: Path, setup: Setup) -> bool:
+    """Whether a finished cell exists; one made with another trial budget or `final` is refused, not reused."""
+    if not path.is_file():
+        return False
+    cell = json.loads(path.read_text())
+    mine = {"max_trials": setup.max_trials, "final_fidelity": final_key(setup)}
+    theirs = {k: cell.get(k, mine[k]) for k in mine}
+    if theirs != mine:
+        raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: use another --out")
+    return True
+
+
 def budget_bytes(setup: Setup, budget: str) -> int:
     from autoqra.search.codec import SearchCodec
     from autoqra.space.budget import parse_budget, resolve
@@ -131,7 +153,8 @@ class Finals:
         self._evaluators: dict[tuple[str, str], Any] = {}
 
     def path(self, task: str, plan_hash: str, init: str, seed: int) -> Path:
-        return self.folder / f"{cell_name(task, plan_hash[:12], init, f's{seed}')}.json"
+        """The `final` fidelity's whole definition is in the name: a re-tuned `final` gets new cells."""
+        return self.folder / f"{cell_name(task, plan_hash[:12], init, final_key(self.setup), f's{seed}')}.json"
 
     def get(self, task: str, plan: Any, init: str = "default") -> list[float | None]:
         values = []
@@ -171,7 +194,7 @@ class Finals:
 
 def run_reference(setup: Setup, finals: Finals, name: str, grid: Grid) -> None:
     path = setup.out / "cells" / f"{cell_name('ref', name, grid.task, grid.budget)}.json"
-    if path.is_file():
+    if check_cell(path, setup):
         return
     from autoqra.space.memory import MemoryModel
     from autoqra.space.model_spec import model_spec
@@ -185,12 +208,13 @@ def run_reference(setup: Setup, finals: Finals, name: str, grid: Grid) -> None:
     write_cell(path, {"kind": "reference", "method": name, "task": grid.task, "budget": grid.budget,
                       "budget_bytes": budget_bytes(setup, grid.budget), "seed": None, "final": values,
                       "predicted_peak_bytes": peak, **plan_stats(plan), "search_cost": 0.0, "search_wall_s": 0.0,
-                      "plan": plan.to_dict(), "init": init, "commit": commit(), "machine": machine()})
+                      "plan": plan.to_dict(), "init": init, **cell_settings(setup), "commit": commit(),
+                      "machine": machine()})
 
 
 def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int) -> None:
     path = setup.out / "cells" / f"{cell_name(method, grid.task, grid.budget, f's{seed}')}.json"
-    if path.is_file():
+    if check_cell(path, setup):
         return
     run_dir = setup.runs / cell_name(method, grid.task, grid.budget, f"s{seed}")
     if not (run_dir / "summary.json").is_file():
@@ -201,19 +225,25 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
     from autoqra.domain import Plan
 
     summary = json.loads((run_dir / "summary.json").read_text())
+    common = {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
+              "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
+              "search_wall_s": summary["elapsed_s"], "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
+              **cell_settings(setup), "commit": commit(), "machine": machine()}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
+        write_cell(path, {**common, "final": [], "plan": None})
         return
     plan = Plan.from_json((run_dir / "plan.json").read_text())
     values = finals.get(grid.task, plan)
     chosen = summary["chosen"]
-    write_cell(path, {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
-                      "budget_bytes": summary["budget_bytes"], "seed": seed, "final": values,
-                      "predicted_peak_bytes": chosen["predicted_peak_bytes"], **plan_stats(plan),
-                      "search_cost": summary["cost_spent_high_units"], "search_wall_s": summary["elapsed_s"],
-                      "trials": summary["trials"], "chosen_by": summary.get("chosen_by", "high"),
-                      "chosen_objective": chosen["objective"], "best_so_far": best_so_far(run_dir),
-                      "plan": plan.to_dict(), "commit": commit(), "machine": machine()})
+    write_cell(path, {**common, "final": values, "predicted_peak_bytes": chosen["predicted_peak_bytes"],
+                      **plan_stats(plan), "chosen_by": summary.get("chosen_by", "high"),
+                      "chosen_objective": chosen["objective"], "chosen_plan_hash": plan.plan_hash,
+                      "plan": plan.to_dict()})
+
+
+def cell_settings(setup: Setup) -> dict[str, Any]:
+    return {"max_trials": setup.max_trials, "final_fidelity": final_key(setup)}
 
 
 def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> None:
@@ -281,10 +311,14 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
              f"`{setup.out.relative_to(ROOT) if setup.out.is_relative_to(ROOT) else setup.out}/cells/` "
              f"(command: `{command}`). Objective = -held-out loss at `final`, higher is better; mean ± std over "
              "search seeds x `final` seeds; gap closed = share of the QLoRA -> 16-bit LoRA gap. "
-             "Every figure is a real training run on this machine.", ""]
+             "Every figure is a real training run on this machine.", "",
+             "Reading the columns: `n` counts `final` results (search seeds x `final` trial seeds 1 and 2); trial "
+             "cost is what the search spent, its final selection included; search wall is the search alone "
+             "(the retrains at seeds 1 and 2 are not in it). References are single plans trained without search.", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
     machines = sorted({c.get("machine", "?") for c in cells})
-    lines += [f"Commits: {', '.join(commits) or '-'}. Machine: {'; '.join(machines) or '-'}.", ""]
+    lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "
+              f"Machine: {'; '.join(machines) or '-'}.", ""]
     for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k)):
         rows = [c for c in cells if c["task"] == task and c["budget"] == budget]
         refs = {c["method"]: c for c in cells if c["kind"] == "reference" and c["task"] == task}
@@ -295,8 +329,11 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         methods = [m for m in (*REFERENCES, *METHODS) if any(c["method"] == m for c in rows)]
         for method in methods:
-            mine = [c for c in rows if c["method"] == method]
+            mine = [c for c in rows if c["method"] == method and c["plan"] is not None]
             values = [v for c in mine for v in c["final"] if v is not None]
+            missing = [c["seed"] for c in rows if c["method"] == method and c["plan"] is None]
+            if missing:
+                lines.append(f"| {method} | no plan chosen (seeds {', '.join(map(str, missing))}) |" + " |" * 9)
             if not values:
                 continue
             mean = statistics.fmean(values)
@@ -309,10 +346,12 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
             wall = statistics.fmean(c["search_wall_s"] for c in mine)
             seeds = ", ".join(str(c["seed"]) for c in mine if c["seed"] is not None) or "-"
             over = " (over budget)" if frac > 1 + 1e-9 else ""
+            searched = mine[0]["kind"] == "method"
             lines.append(f"| {method} | {mean:.4f} ± {std:.4f} | {len(values)} | {gap} | "
                          f"{statistics.fmean(c['avg_bits'] for c in mine):.2f} | "
                          f"{statistics.fmean(c['avg_rank'] for c in mine):.1f} | {peak / 2**20:.1f} MiB | "
-                         f"{100 * frac:.1f}%{over} | {cost:.1f} | {wall / 60:.1f} min | {seeds} |")
+                         f"{100 * frac:.1f}%{over} | {f'{cost:.1f}' if searched else '-'} | "
+                         f"{f'{wall / 60:.1f} min' if searched else '-'} | {seeds} |")
         lines.append("")
         lines += reach_random(rows)
     if any(c["kind"] == "method" for c in cells):
@@ -320,7 +359,8 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
         lines += [f"![best so far]({os.path.relpath(plot, doc.parent)})", "",
                   "Best objective at `high` within the budget against trial cost spent (high-trial units), per "
                   "method, first search seed of each grid; the final selection's `final` trials are spent at the "
-                  "end of each curve and do not change it (they are on another scale).", ""]
+                  "end of each curve and do not change it (they are on another scale). Lines that coincide hide each "
+                  "other (on `news`, seed 0, optuna-tpe and optuna-nsga2 ran the same first plans).", ""]
     text = "\n".join(lines)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
@@ -332,11 +372,19 @@ def reach_random(rows: list[dict[str, Any]]) -> list[str]:
     result random search had at the end of its budget (a proxy: `final` is run only at the end)."""
     randoms = {c["seed"]: c for c in rows if c["method"] == "random"}
     out = []
+    for seed, c in sorted(randoms.items()):
+        best = max((y for _, y in c["best_so_far"]), default=float("-inf"))
+        if math.isfinite(best):
+            at = next(x for x, y in c["best_so_far"] if y >= best)
+            out.append(f"- random reached its own best `high` ({best:.4f}) at {at:.2f} of its {c['search_cost']:.1f} "
+                       f"high-trial units (seed {seed})")
     for method in [m for m in METHODS if m != "random"]:
         reached = []
         for c in sorted((c for c in rows if c["method"] == method and c["seed"] in randoms), key=lambda c: c["seed"]):
-            target = max(y for _, y in randoms[c["seed"]]["best_so_far"])
+            target = max((y for _, y in randoms[c["seed"]]["best_so_far"]), default=float("-inf"))
             total = randoms[c["seed"]]["search_cost"]
+            if not math.isfinite(target):
+                continue  # random found nothing at high: nothing to reach
             hit = next((x for x, y in c["best_so_far"] if y >= target), None)
             reached.append(f"seed {c['seed']}: {hit:.2f} of random's {total:.1f}" if hit is not None
                            else f"seed {c['seed']}: not reached")
@@ -402,7 +450,7 @@ def smoke_space(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(folder / "model"))
     tokenizer.save_pretrained(str(folder / "model"))
-    fid = {"batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    fid = {"batch_size": 2, "seq_len": 64, "eval_examples": 4}  # 64: an extract record is never cut
     path.write_text(yaml.safe_dump({
         "version": 1, "name": "compare-smoke", "model": str(folder / "model"), "granularity": "block",
         "choices": {"formats": [{"name": "hqq", "bits": b, "group_size": 64} for b in (2, 3, 4, 8)]
@@ -420,7 +468,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--references", nargs="+", choices=REFERENCES, default=list(REFERENCES))
     parser.add_argument("--max-trials", type=float, help="trial budget of every search (default: the quick preset's)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "compare")
     parser.add_argument("--report", action="store_true", help="only write the report from the cells")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 2 methods, 1 seed: for the test")
@@ -433,7 +481,7 @@ def main() -> int:
     out = args.out.resolve()
     if args.smoke:
         setup = Setup(space=str(smoke_space(_mkdir(out / "smoke-model"))), out=out, runs=out / "runs",
-                      max_trials=6.0, methods=("sequential", "autoqra"), references=("lora16-r16", "qlora-nf4dq-r16"),
+                      max_trials=args.max_trials or 6.0, methods=("sequential", "autoqra"), references=("lora16-r16", "qlora-nf4dq-r16"),
                       final_seeds=(1,), grids=(Grid("news", "qlora", (0,)), Grid("extract", "qlora", (0,))),
                       device="cpu")
         doc, plot = out / "results.md", out / "best-so-far.png"
@@ -442,11 +490,32 @@ def main() -> int:
                       methods=tuple(args.methods), references=tuple(args.references), final_seeds=FINAL_SEEDS,
                       grids=tuple(grids(args.grid)), device=args.device)
         doc, plot = ROOT / "docs" / "results.md", ROOT / "docs" / "results-best-so-far.png"
-    if not args.report:
-        run_grid(setup)
-    report(setup, doc, plot, "python experiments/compare.py" + (" --smoke" if args.smoke else ""))
+    try:
+        if not args.report:
+            check_setup(setup)  # bad input fails now, in one line, not after hours of references
+            run_grid(setup)
+        report(setup, doc, plot, "python experiments/compare.py" + (" --smoke" if args.smoke else ""))
+    except AutoQRAError as exc:
+        print(f"compare: error: {exc}", file=sys.stderr)
+        return 2
     log(f"wrote {doc} and {plot}")
     return 0
+
+
+def check_setup(setup: Setup) -> None:
+    from autoqra.search.pipeline import fidelity_costs
+    from autoqra.search.settings import preset
+    from autoqra.service.requests import resolve_trial_inputs
+    from autoqra.trials.models import resolve_device
+
+    space, _, _ = resolve_trial_inputs(setup.space, None, None)
+    if "final" not in space.fidelities:
+        raise AutoQRAError(f"space {space.name} has no `final` fidelity to retrain the chosen plans at")
+    if setup.max_trials is not None:
+        preset("quick").with_trial_budget(setup.max_trials, fidelity_costs(space.fidelities))
+    resolve_device(setup.device)
+    for grid in setup.grids:
+        resolve_trial_inputs(setup.space, None, grid.task)
 
 
 def _mkdir(path: Path) -> Path:

@@ -146,7 +146,9 @@ class SearchPipeline:
         spent, stopped_by = self._run_stages(self.stages, c.preset.max_cost, 0.0, started)
         if self.final is not None and stopped_by != "time limit":
             # paid for in advance: the search stages could spend only max_cost
-            spent, _ = self._run_stages([self.final], c.preset.total_cost(self.costs), spent, started)
+            spent, why = self._run_stages([self.final], c.preset.total_cost(self.costs), spent, started)
+            if why == "time limit":
+                stopped_by = why
         return self._outcome(spent, time.perf_counter() - started, stopped_by)
 
     def _run_stages(self, stages: list[Stage], limit: float, spent: float, started: float) -> tuple[float, str]:

@@ -28,12 +28,12 @@ class PriorSettings:
 @dataclass(frozen=True)
 class SearchPreset:
     name: str
-    max_cost: float  # total trial cost, in high-trial units
+    max_cost: float  # trial cost of the search stages, in high-trial units (the final selection's comes on top)
     stage1_share: float  # of max_cost, for the evolutionary stage; the trust region gets the rest
     evolution: EvolutionSettings
     priors: PriorSettings
     tr_candidates: int = 256
-    final_top: int = 0  # plans of the high front retrained at `final`; the best final result is chosen
+    final_top: int = 0  # best plans at `high` (within the budget) retrained at `final`; the best final result is chosen
 
     def with_max_cost(self, max_cost: float) -> SearchPreset:
         if not max_cost > 0:
@@ -54,10 +54,10 @@ class SearchPreset:
         if not total > 0:
             raise AutoQRAError(f"--max-trials must be > 0, not {total:g}")
         reserve = self.final_cost(costs)
-        if total <= reserve:
-            raise AutoQRAError(f"--max-trials {total:g} does not leave the search anything after the final selection "
-                               f"({self.final_top} final trials x {costs[FINAL]:g} high-trial units = {reserve:g}): "
-                               f"raise --max-trials above {reserve:g} or lower --final-top")
+        if total - reserve < 1 - 1e-9:  # the search must pay at least one high trial
+            raise AutoQRAError(f"--max-trials {total:g} does not leave the search one high trial after the final "
+                               f"selection ({self.final_top} final trials x {costs[FINAL]:g} high-trial units = "
+                               f"{reserve:g}): use --max-trials {reserve + 1:g} or more, or lower --final-top")
         return self.with_max_cost(total - reserve)
 
     def total_cost(self, costs: dict[str, float]) -> float:

@@ -9,7 +9,8 @@
    until the population is full; duplicates are never added.
 
 Generation 0 holds all of 1-3 even when they outnumber the population (they are cheap ``low``
-trials); selection then keeps ``population`` of them.
+trials), cut only where the stage's allotment cannot pay them (see ``EvolutionStage``); selection then
+keeps ``population`` of them.
 """
 
 from __future__ import annotations

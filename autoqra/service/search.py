@@ -92,6 +92,9 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
     if request.final_top is not None:
         chosen = chosen.with_final_top(request.final_top)
     if "final" not in space.fidelities:
+        if request.final_top:
+            raise AutoQRAError(f"--final-top {request.final_top}: space {space.name} has no `final` fidelity to "
+                               "retrain at; add one to the space or leave --final-top out")
         chosen = chosen.with_final_top(0)  # nothing to retrain at; the plan is chosen by `high`
     if request.max_trials is not None:
         chosen = chosen.with_trial_budget(request.max_trials, costs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from autoqra.errors import AutoQRAError
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 EVAL_FRACTION = 0.1
@@ -159,14 +162,19 @@ def _lm_rows(docs: list[str], tokenizer: Any, seq_len: int) -> list[list[int]]:
 
 def _prompted_rows(items: list[Prompted], tokenizer: Any, seq_len: int) -> tuple[list[list[int]], list[list[int]]]:
     ids_rows, label_rows = [], []
+    cut = 0
     for item in items:
         p = tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
         a = tokenizer(item.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        cut += len(p) + len(a) > seq_len
         ids = (p + a)[:seq_len]
         labels = ([IGNORE] * len(p) + a)[:seq_len]
         pad = seq_len - len(ids)
         ids_rows.append(ids + [tokenizer.pad_token_id] * pad)
         label_rows.append(labels + [IGNORE] * pad)
+    if cut:
+        log.warning(f"{cut} of {len(items)} prompted examples are longer than seq_len {seq_len}: their answers are "
+                    "cut (scored on what is left)")
     return ids_rows, label_rows
 
 

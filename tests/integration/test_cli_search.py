@@ -125,10 +125,23 @@ def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_p
     (("--budget", "qlora", "--time-limit", "5x"), "--time-limit '5x' is not understood"),
     (("--budget", "qlora", "--max-trials", "0"), "--max-trials must be > 0"),
     (("--budget", "qlora", "--final-top", "-1"), "--final-top must be >= 0"),
-    (("--budget", "qlora", "--max-trials", "10"), "--max-trials 10 does not leave the search anything after the final"),
+    (("--budget", "qlora", "--max-trials", "16.5"), "--max-trials 16.5 does not leave the search one high trial"),
     (("--budget", "qlora", "--space", "nope.yaml"), "neither a file nor a preset"),
 ])
 def test_bad_search_input_is_one_line(env, tmp_path, args, needle):
+    check_one_line_error(env, tmp_path, args, needle)
+
+
+def test_final_top_on_a_space_without_final_is_one_line(env, small_space, tmp_path):
+    data = yaml.safe_load(small_space.read_text())
+    del data["fidelities"]["final"]
+    space = tmp_path / "no-final.yaml"
+    space.write_text(yaml.safe_dump(data))
+    check_one_line_error(env, tmp_path, ("--budget", "qlora", "--space", str(space), "--final-top", "2"),
+                         "--final-top 2: space default-test has no `final` fidelity")
+
+
+def check_one_line_error(env, tmp_path, args, needle):
     proc = search(env, *args, "--out", str(tmp_path / "bad"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]

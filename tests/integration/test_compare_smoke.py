@@ -34,13 +34,21 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
             assert cell["predicted_peak_bytes"] <= cell["budget_bytes"] and cell["chosen_by"] == "final"
             assert 0 < cell["search_cost"] <= 6 + 1e-9 and cell["trials"]["final"] >= 1
             assert cell["best_so_far"][-1][0] == cell["search_cost"]
-    # the final retrain of a plan is shared: every method cell's value is its plan's retrain cell
     from autoqra.domain import Plan
 
-    for cell in cells.values():
-        plan_hash = Plan.from_dict(cell["plan"]).plan_hash
-        retrain = json.loads((out / "finals" / f"{cell['task']}.{plan_hash[:12]}.default.s1.json").read_text())
-        assert retrain["objective"] == cell["final"][0] and retrain["fidelity"]["name"] == "final"
+    for name, cell in cells.items():
+        if cell["kind"] != "method":
+            continue
+        # the retrained plan is the one the search chose, retrained with another seed than its own final trial
+        run = out / "runs" / name.removesuffix(".json")
+        summary = json.loads((run / "summary.json").read_text())
+        assert Plan.from_dict(cell["plan"]).plan_hash == summary["chosen"]["plan_hash"] == cell["chosen_plan_hash"]
+        retrains = list((out / "finals").glob(f"{cell['task']}.{cell['chosen_plan_hash'][:12]}.default.final-*.s1.json"))
+        assert len(retrains) == 1
+        retrain = json.loads(retrains[0].read_text())
+        own = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+        own_final = next(t for t in own if t["fidelity"] == "final" and t["result"]["plan"] == cell["plan"])
+        assert retrain["seed"] == 1 != own_final["result"]["seed"]
     report = (out / "runs" / "autoqra.news.qlora.s0" / "report.txt").read_text()
     assert "final selection: the best" in report and "chosen plan (by its final result)" in report
     text = (out / "results.md").read_text()
@@ -51,8 +59,24 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     image = matplotlib.image.imread(out / "best-so-far.png")
     assert image.shape[0] > 200 and image.shape[1] > 400 and float(image.std()) > 0.02  # decodes, not blank
 
+    # a rerun: finished cells are skipped; a cell lost after its search finished is rebuilt from the run
+    # directory (no search, no retrain); a run directory left unfinished is searched again
+    lost = out / "cells" / "sequential.news.qlora.s0.json"
+    lost_cell = json.loads(lost.read_text())
+    lost.unlink()
+    unfinished = out / "runs" / "autoqra.extract.qlora.s0"
+    (unfinished / "summary.json").unlink()
+    (out / "cells" / "autoqra.extract.qlora.s0.json").unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     again = compare(out, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "search " not in again.stderr and "final " not in again.stderr  # nothing re-run
-    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == mtimes
+    assert "search sequential" not in again.stderr and "search autoqra on news" not in again.stderr
+    assert "search autoqra on extract" in again.stderr and "holds an unfinished run" in again.stderr
+    assert json.loads(lost.read_text())["final"] == lost_cell["final"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p in mtimes} == mtimes
+    # another trial budget on the same cells is refused in one line, before anything runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
+    refused = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), "--smoke", "--out", str(out),
+                              "--max-trials", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--max-trials 1 does not leave the search one high trial" in refused.stderr.splitlines()[-1]

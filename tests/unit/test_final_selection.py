@@ -94,8 +94,11 @@ def test_trial_budget_must_leave_the_search_something_after_the_final_selection(
     quick = PRESETS["quick"]
     assert quick.total_cost(costs) == 12 + 2 * 8
     assert quick.with_trial_budget(28, costs).max_cost == 12
-    with pytest.raises(AutoQRAError, match=r"--max-trials 16 does not leave the search anything .* raise --max-trials above 16"):
-        quick.with_trial_budget(16, costs)
+    for total in (16, 16.5):
+        with pytest.raises(AutoQRAError, match=rf"--max-trials {total:g} does not leave the search one high trial "
+                                               r".* use --max-trials 17 or more"):
+            quick.with_trial_budget(total, costs)
+    assert quick.with_trial_budget(17, costs).max_cost == 1
     assert quick.with_final_top(0).with_trial_budget(5, costs).max_cost == 5
     assert quick.final_cost({"low": 0.25, "high": 1.0}) == 0  # a space without `final`
     with pytest.raises(AutoQRAError, match="--final-top must be >= 0"):
