@@ -319,7 +319,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
     machines = sorted({c.get("machine", "?") for c in cells})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "
               f"Machine: {'; '.join(machines) or '-'}.", ""]
-    for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k)):
+    for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k[0] != "news", k)):
         rows = [c for c in cells if c["task"] == task and c["budget"] == budget]
         refs = {c["method"]: c for c in cells if c["kind"] == "reference" and c["task"] == task}
         ceiling, floor = _mean(refs.get("lora16-r16")), _mean(refs.get("qlora-nf4dq-r16"))
@@ -347,12 +347,19 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
             seeds = ", ".join(str(c["seed"]) for c in mine if c["seed"] is not None) or "-"
             over = " (over budget)" if frac > 1 + 1e-9 else ""
             searched = mine[0]["kind"] == "method"
-            lines.append(f"| {method} | {mean:.4f} ± {std:.4f} | {len(values)} | {gap} | "
+            digits = 4 if abs(mean) >= 0.01 else 6
+            lines.append(f"| {method} | {mean:.{digits}f} ± {std:.{digits}f} | {len(values)} | {gap} | "
                          f"{statistics.fmean(c['avg_bits'] for c in mine):.2f} | "
                          f"{statistics.fmean(c['avg_rank'] for c in mine):.1f} | {peak / 2**20:.1f} MiB | "
                          f"{100 * frac:.1f}%{over} | {f'{cost:.1f}' if searched else '-'} | "
                          f"{f'{wall / 60:.1f} min' if searched else '-'} | {seeds} |")
         lines.append("")
+        spread = [statistics.stdev(v) for v in ([x for x in c["final"] if x is not None] for c in refs.values())
+                  if len(v) > 1]
+        if ceiling is not None and floor is not None and spread and abs(ceiling - floor) < 2 * max(spread):
+            lines += [f"The QLoRA -> 16-bit LoRA gap here ({abs(ceiling - floor):.2g}) is within twice the seed spread "
+                      f"of the references ({max(spread):.2g}): at `final` this grid does not separate plans, and its "
+                      "gap-closed column is noise.", ""]
         lines += reach_random(rows)
     if any(c["kind"] == "method" for c in cells):
         best_so_far_plot(cells, plot)
