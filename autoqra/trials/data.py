@@ -5,10 +5,11 @@
   Seeded split by article; metric: held-out token loss (perplexity reported too).
 - ``arith``: multi-step arithmetic word problems generated from a seed, one numeric answer each;
   disjoint train/eval; prompt tokens masked out of the labels; metric: exact match by greedy decoding.
-- ``extract``: instruction following where the adapter must learn a new mapping: a sentence about a
-  purchase (five templates, counts in digits or words) to a fixed-format record
-  (``name=...; item=...; count=...; day=...; city=...``), generated from a seed; disjoint train/eval;
-  prompt masked; metric: held-out loss on the record tokens.
+- ``extract``: instruction following where the adapter must learn new mappings: a sentence about an
+  order (five templates) to a fixed-format record (``name=...; sku=...; count=...; due=...; city=...``):
+  the count in words or digits -> digits, the item -> its stock code from a fixed table, the order day
+  and the stated delay -> the delivery weekday. Generated from a seed; disjoint train/eval; prompt
+  masked; metric: held-out loss on the record tokens.
 - a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
   ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
 """
@@ -107,25 +108,43 @@ def arith_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], l
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _CITIES = ("Oslo", "Lima", "Accra", "Hanoi", "Quito", "Porto", "Tunis", "Riga", "Perth", "Cusco")
-_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+# Stock codes: an arbitrary item -> code table the base model cannot know; the adapter has to store it.
+_SKUS = {"apples": "QX4", "books": "LM7", "coins": "ZR2", "stamps": "KT9", "marbles": "WB3", "pencils": "HN6",
+         "cards": "PV1", "shells": "DJ8", "lamps": "XC5", "kites": "RF0", "mugs": "GY3", "ropes": "TS7"}
+_DELAYS = ("the same day", "a day later", "two days later", "three days later", "four days later",
+           "five days later", "six days later")
 _TEMPLATES = (
-    "On {day}, {name} bought {count} {item} in {city}.",
-    "{name} picked up {count} {item} in {city} last {day}.",
-    "In {city}, {count} {item} were bought by {name} on {day}.",
-    "{count} {item} is what {name} got in {city} on {day}.",
-    "It was {day} when {name}, visiting {city}, paid for {count} {item}.",
+    "On {day}, {name} ordered {count} {item} in {city}, delivered {delay}.",
+    "{name} ordered {count} {item} in {city} on {day}; they came {delay}.",
+    "In {city}, {count} {item} were ordered by {name} on {day} and arrived {delay}.",
+    "{count} {item} is what {name} ordered in {city} on {day}, shipped {delay}.",
+    "It was {day} when {name}, visiting {city}, ordered {count} {item}; delivery came {delay}.",
 )
 
 
+def number_words(n: int) -> str:
+    """0..99 in English words (``forty-seven``)."""
+    if n < 20:
+        return _UNITS[n]
+    tens, unit = divmod(n, 10)
+    return _TENS[tens] + (f"-{_UNITS[unit]}" if unit else "")
+
+
 def extract_problem(rng: random.Random) -> Prompted:
-    """One sentence and its record; the count is written in words half the time (the record has digits)."""
-    name, item, day, city = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_DAYS), rng.choice(_CITIES)
-    count = rng.randint(2, 20)
-    spoken = _WORDS[count] if rng.random() < 0.5 else str(count)
-    sentence = rng.choice(_TEMPLATES).format(name=name, item=item, day=day, city=city, count=spoken)
+    """One order sentence and its record. Three fields are not copied: the count is in words half the
+    time (the record has digits), the item becomes its stock code from a fixed table, and the delivery
+    day is the order day moved by the stated delay (weekday arithmetic)."""
+    name, item, day, city = rng.choice(_NAMES), rng.choice(tuple(_SKUS)), rng.randrange(7), rng.choice(_CITIES)
+    count, delay = rng.randint(2, 99), rng.randrange(len(_DELAYS))
+    spoken = number_words(count) if rng.random() < 0.5 else str(count)
+    sentence = rng.choice(_TEMPLATES).format(name=name, item=item, day=_DAYS[day], city=city, count=spoken,
+                                             delay=_DELAYS[delay])
     return Prompted(prompt=f"Sentence: {sentence}\nRecord:",
-                    answer=f" name={name}; item={item}; count={count}; day={day}; city={city}")
+                    answer=f" name={name}; sku={_SKUS[item]}; count={count}; due={_DAYS[(day + delay) % 7]}; "
+                           f"city={city}")
 
 
 def extract_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:

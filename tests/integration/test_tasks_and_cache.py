@@ -1,15 +1,15 @@
 """Tasks (news, arith, extract, JSONL) and the quantized-layer cache."""
 
 import json
+import re
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from autoqra.domain import QuantFormat
-import re
-
-from autoqra.trials.data import IGNORE, TaskError, arith_split, build_task, extract_split, news_articles
+from autoqra.trials.data import (_DAYS, _DELAYS, _SKUS, IGNORE, TaskError, arith_split, build_task, extract_split,
+                                 news_articles, number_words)
 from autoqra.trials.layer_cache import LayerCache
 
 
@@ -52,15 +52,22 @@ def test_extract_is_disjoint_deterministic_masked_and_fits_the_high_rows(tok):
     train, evals = extract_split(seed=0, n_train=400, n_eval=48)
     assert not {p.prompt for p in train} & {p.prompt for p in evals}
     assert extract_split(0, 10, 48)[1] == evals and extract_split(1, 10, 48)[1] != evals
-    record = re.compile(r" name=(\w+); item=(\w+); count=(\d+); day=(\w+); city=(\w+)")
-    spelled = 0
+    record = re.compile(r" name=(\w+); sku=([A-Z]{2}\d); count=(\d+); due=(\w+); city=(\w+)")
+    spelled, moved, items = 0, 0, {}
     for p in train:
         m = record.fullmatch(p.answer)
         assert m is not None, p.answer
-        name, item, count, day, city = m.groups()
-        assert all(word in p.prompt for word in (name, item, day, city))
+        name, sku, count, due, city = m.groups()
+        assert name in p.prompt and city in p.prompt and sku not in p.prompt and 2 <= int(count) <= 99
+        item = next(w for w in _SKUS if f" {w}" in p.prompt)
+        assert items.setdefault(item, sku) == sku  # one fixed code per item, to be learned
+        day = next(d for d in _DAYS if d in p.prompt)
+        delay = next(i for i, text in enumerate(_DELAYS) if text in p.prompt)
+        assert due == _DAYS[(_DAYS.index(day) + delay) % 7]
+        moved += due != day
         spelled += count not in p.prompt  # the count is in words: the adapter must map it to digits
-    assert 0.3 < spelled / len(train) < 0.7
+    assert 0.3 < spelled / len(train) < 0.7 and moved / len(train) > 0.6 and len(items) == len(_SKUS)
+    assert [number_words(n) for n in (7, 20, 47, 99)] == ["seven", "twenty", "forty-seven", "ninety-nine"]
     data = build_task("extract", tok, 64, 48, train_rows=64)
     assert data.metric == "loss" and data.eval_ids.shape == (48, 64) and not data.generation
     for ids, labels in zip(data.eval_ids.tolist(), data.eval_labels.tolist(), strict=True):
