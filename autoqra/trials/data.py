@@ -257,6 +257,26 @@ def check_task(task: str) -> None:
     read_jsonl_task(path)
 
 
+def task_fingerprint(task: str) -> str:
+    """A short digest of the data a task trains and scores on, for cache keys: the corpus file's bytes
+    (``news``, a ``.jsonl`` file), or the first generated examples (``arith``, ``extract``), so that a
+    change of a generator or a file invalidates what was measured on the old data."""
+    import hashlib
+
+    if task == "news":
+        data = _gensim_data("lee_background.cor").read_bytes()
+    elif task in ("arith", "extract"):
+        train, evals = _generated_split(task, arith_problem if task == "arith" else extract_problem, 0, 16, 16)
+        data = json.dumps([[p.prompt, p.answer] for p in train + evals]).encode()
+    else:
+        path = Path(task).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TaskError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def read_jsonl_task(path: Path) -> list[str] | list[Prompted]:
     """The documents (``text`` records) or prompted items (``instruction``/``input``/``output``) of a
     JSONL task file; TaskError with the file and line for anything malformed."""

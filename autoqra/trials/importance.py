@@ -163,11 +163,13 @@ def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, co
 
     from autoqra.priors.schema import PriorsError
     from autoqra.space.model_spec import model_spec
+    from autoqra.trials.data import task_fingerprint
     from autoqra.trials.models import cache_root, resolve_weights
 
     weights = resolve_weights(model)
     groups = model_spec(model).groups(granularity)
-    key = hashlib.sha256(f"{weights.fingerprint}|{task}|{granularity}|{lowest.label}|{compute_dtype}|{calibration}|"
+    # the task's data digest too: priors measured on another version of the task's data are not reused
+    key = hashlib.sha256(f"{weights.fingerprint}|{task}|{task_fingerprint(task)}|{granularity}|{lowest.label}|{compute_dtype}|{calibration}|"
                          f"{seq_len}|{demand_batches}|{seed}".encode()).hexdigest()[:20]
     path = cache_root() / "priors" / f"{key}.json"
     if path.is_file():

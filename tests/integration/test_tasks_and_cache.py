@@ -127,3 +127,18 @@ def test_layer_cache_round_trips_through_memory_and_disk(tmp_path, fmt):
     assert type(from_disk) is type(first)
     other = cache.layer("m.l", copy.deepcopy(linear), QuantFormat(name="hqq", bits=8), "bf16", "cpu")
     assert cache.misses == 2 and type(other).__name__ == "HQQLinear"
+
+
+def test_task_fingerprint_follows_the_data(tmp_path):
+    from autoqra.trials.data import task_fingerprint
+
+    names = ("news", "arith", "extract")
+    prints = [task_fingerprint(t) for t in names]
+    assert len(set(prints)) == 3 and prints == [task_fingerprint(t) for t in names]
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
+    before = task_fingerprint(str(data))
+    data.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "three"}) + "\n")
+    assert task_fingerprint(str(data)) != before  # an edited file is new data: cached priors are not reused
+    with pytest.raises(TaskError, match="cannot read task file"):
+        task_fingerprint(str(tmp_path / "missing.jsonl"))
