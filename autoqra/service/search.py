@@ -40,6 +40,7 @@ from autoqra.space.search_space import SearchSpace
 if TYPE_CHECKING:
     import numpy as np
 
+    from autoqra.store.ledger import Ledger
     from autoqra.trials.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
@@ -126,18 +127,24 @@ def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
     log.info(f"  run dir   {p.run_dir}")
     utility, sensitivity, priors = flat_utility(p.codec), None, None
     if p.request.strategy in STRATEGIES_WITH_PRIORS:
-        import numpy as np  # noqa: F811 (the TYPE_CHECKING import is for annotations only)
+        import numpy as np
 
         priors = _priors(p)
         utility = utility_from_priors(p.codec, priors)
         sensitivity = np.array([g.sensitivity for g in priors.groups])
         (p.run_dir / "priors.json").write_text(priors.to_json() + "\n")
     evaluator, checkpointing = _evaluator(p)
-    _write_settings(p, checkpointing, priors is not None)
-    run = _run_pipeline(p, utility, sensitivity, evaluator)
+    settings = _write_settings(p, checkpointing, priors is not None)
+    ledger = _ledger(p)
+    ledger.set_run_info("settings", settings)
+    if priors is not None:
+        ledger.set_run_info("priors", priors.model_dump(mode="json", by_alias=True))
+    run = _run_pipeline(p, utility, sensitivity, evaluator, ledger)
     from autoqra.report.run_files import write_run_files
 
     written = write_run_files(p.run_dir, run, p.budget.bytes)
+    ledger.set_run_info("summary", json.loads((p.run_dir / "summary.json").read_text()))
+    written += _write_plots(p.run_dir)
     files = tuple(f for f in (*written, "settings.json", "priors.json", "trials.db", "trials.jsonl")
                   if (p.run_dir / f).is_file())
     return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec, files=files)
@@ -211,7 +218,7 @@ def _evaluator(p: PreparedSearch) -> tuple[Evaluator, bool]:
     return Evaluator(config), checkpointing
 
 
-def _write_settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> None:
+def _write_settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> dict[str, object]:
     r = p.request
     settings = {
         "model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task, "strategy": r.strategy,
@@ -222,18 +229,39 @@ def _write_settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) ->
         "priors_file": "priors.json" if has_priors else None,
     }
     (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return settings
 
 
-def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: np.ndarray | None,
-                  evaluator: Evaluator) -> RunOutcome:
-    from autoqra.executors.inline import InlineExecutor
+def _ledger(p: PreparedSearch) -> Ledger:
     from autoqra.store.ledger import Ledger, sqlite_url
 
     codec = p.codec
     # the store's choices: the space's, plus the QLoRA reference the uniform baseline also runs
     labels = tuple(dict.fromkeys([*(f.label for f in codec.formats), QLORA_FORMAT.label]))
     ranks = tuple(sorted({*codec.ranks, REFERENCE_RANK}))
-    ledger = Ledger(sqlite_url(p.run_dir), p.run_dir / "trials.jsonl", labels, ranks)
+    return Ledger(sqlite_url(p.run_dir), p.run_dir / "trials.jsonl", labels, ranks)
+
+
+def _write_plots(run_dir: Path) -> list[str]:
+    """The run's plots (``plots/*.png``); a failure to draw is logged, never loses the run."""
+    from autoqra.report.plots import write_plots
+    from autoqra.report.run import load_run
+
+    try:
+        paths = write_plots(load_run(run_dir), run_dir / "plots")
+    except Exception as exc:  # a by-product: a drawing failure is reported, never costs the finished run
+        log.warning(f"plots: not written ({type(exc).__name__}: {exc}); `autoqra report {run_dir} --plot DIR` "
+                    "retries them")
+        return []
+    log.info(f"plots: {', '.join(str(p) for p in paths)}")
+    return [str(p.relative_to(run_dir)) for p in paths]
+
+
+def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: np.ndarray | None,
+                  evaluator: Evaluator, ledger: Ledger) -> RunOutcome:
+    from autoqra.executors.inline import InlineExecutor
+
+    codec = p.codec
     fidelities = dict(p.space.fidelities)
     pipeline = SearchPipeline(
         codec=codec, utility=utility, runner=InlineExecutor(evaluator, fidelities), fidelities=fidelities,

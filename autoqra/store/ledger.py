@@ -35,6 +35,7 @@ class LedgerEntry:
     predicted_peak_bytes: int
     stage: str
     fidelity: str
+    number: int = -1  # the Optuna trial number (-1: not read from a study)
 
 
 def sqlite_url(run_dir: Path) -> str:
@@ -76,8 +77,10 @@ class Ledger:
             params[f"{group.name}.rank"], dists[f"{group.name}.rank"] = group.rank, self._rank
         return params, dists
 
-    def record(self, result: TrialResult, *, predicted_peak_bytes: int, stage: str, fidelity: str) -> int:
-        """Write one result (Optuna first, then the JSONL line); returns the Optuna trial number."""
+    def record(self, result: TrialResult, *, predicted_peak_bytes: int, stage: str, fidelity: str,
+               brief: str | None = None) -> int:
+        """Write one result (Optuna first, then the JSONL line); returns the Optuna trial number.
+        ``brief`` is a one-line plan summary a person reads in optuna-dashboard."""
         import optuna
         from optuna.trial import TrialState
 
@@ -85,6 +88,7 @@ class Ledger:
         ok = result.status is TrialStatus.OK and result.objective is not None
         attrs = {
             "fidelity": fidelity, "status": result.status.value, "stage": stage, "plan_hash": result.plan.plan_hash,
+            "plan": brief or result.plan.plan_hash,
             "predicted_peak_bytes": predicted_peak_bytes, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
             "measured_peak_bytes": result.measured_peak_bytes, "measured_static_bytes": result.measured_static_bytes,
             "peak_rss_bytes": result.peak_rss_bytes, "metric_name": result.metric_name,
@@ -107,18 +111,57 @@ class Ledger:
                 fh.write(json.dumps(line) + "\n")
         return number
 
+    def set_run_info(self, key: str, value: Any) -> None:
+        """Keep a run-level JSON value (``settings``, ``priors``, ``summary``) with the study, so a run
+        can be read back from its storage URL alone (``autoqra report URL``)."""
+        self.study.set_user_attr(f"{RUN_INFO_PREFIX}{key}", value)
+
     def entries(self) -> list[LedgerEntry]:
         """Every recorded trial, in recording order, as recorded (results and their predicted peaks)."""
-        out = []
-        for t in self.study.get_trials(deepcopy=False):
-            attrs = t.user_attrs
-            if "result" not in attrs:
-                continue
-            peak = attrs.get("predicted_peak_bytes", attrs.get("peak_bytes"))  # the name before the rename
-            if peak is None:
-                raise StoreError(f"trial {t.number} of {self.storage_url} has no predicted peak; not an autoqra study")
-            out.append(LedgerEntry(result=TrialResult.model_validate_json(json.dumps(attrs["result"])),
-                                   predicted_peak_bytes=int(peak), stage=str(attrs["stage"]),
-                                   fidelity=str(attrs["fidelity"])))
-        return out
+        return study_entries(self.study, self.storage_url)
 
+
+RUN_INFO_PREFIX = "autoqra."
+
+
+def open_study(storage_url: str, study_name: str = STUDY_NAME) -> Any:
+    """An existing study, for reading; StoreError (one line) when there is none. Never creates a store:
+    a SQLite URL must name an existing file."""
+    import optuna
+
+    if storage_url.startswith("sqlite:///"):
+        path = Path(storage_url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise StoreError(f"no trial store at {path}")
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        raise StoreError(f"{storage_url} holds no study named {study_name!r}") from None
+    except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or unreadable file
+        raise StoreError(f"cannot open the trial store {storage_url}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def run_info(study: Any) -> dict[str, Any]:
+    """The run-level values :meth:`Ledger.set_run_info` kept with the study."""
+    return {k.removeprefix(RUN_INFO_PREFIX): v for k, v in study.user_attrs.items() if k.startswith(RUN_INFO_PREFIX)}
+
+
+def study_entries(study: Any, storage_url: str) -> list[LedgerEntry]:
+    """Every autoqra trial of ``study`` in recording order; StoreError for a study of another kind."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if "result" not in attrs:
+            continue
+        peak = attrs.get("predicted_peak_bytes", attrs.get("peak_bytes"))  # the name before the rename
+        if peak is None:
+            raise StoreError(f"trial {t.number} of {storage_url} has no predicted peak; not an autoqra study")
+        try:
+            result = TrialResult.model_validate_json(json.dumps(attrs["result"]))
+        except ValueError as exc:
+            raise StoreError(f"trial {t.number} of {storage_url} is not an autoqra trial result: "
+                             f"{str(exc).splitlines()[0]}") from None
+        out.append(LedgerEntry(result=result, predicted_peak_bytes=int(peak), stage=str(attrs["stage"]),
+                               fidelity=str(attrs["fidelity"]), number=t.number))
+    return out

@@ -13,6 +13,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +119,24 @@ class Evaluator:
             versions=self._versions, error=outcome.error,
         )
 
+    def build_model(self, plan: Plan, seed: int) -> tuple[Any, Any]:
+        """The model a trial of ``plan`` trains (quantized base, adapters initialised from ``seed``) and
+        its tokenizer; ``autoqra train`` uses it, so a training run is a trial's model, trained longer."""
+        self.spec.check_plan(plan)
+        plan.check_trainable()
+        model, tokenizer = self._load()
+        return self._build(model, plan, seed), tokenizer
+
+    def task_data(self, tokenizer: Any, fidelity: Fidelity) -> TaskData:
+        """The tokenized task at ``fidelity``'s shape (cached per shape)."""
+        return self._task_data(tokenizer, fidelity)
+
+    def train_and_score(self, model: Any, tokenizer: Any, data: TaskData, fidelity: Fidelity, seed: int,
+                        on_step: Callable[[int, float], None] | None = None
+                        ) -> tuple[TrainOutcome, TrialMetrics, float | None, float]:
+        """A trial's training run and held-out scoring (see :meth:`_train_and_score`)."""
+        return self._train_and_score(model, tokenizer, data, fidelity, seed, on_step)
+
     # -- parts -------------------------------------------------------------------------------
     def _build(self, model: Any, plan: Plan, seed: int) -> Any:
         """Quantize the base (layers from the cache), attach the adapters and initialise them."""
@@ -137,8 +156,9 @@ class Evaluator:
             model.enable_input_require_grads()
         return model
 
-    def _train_and_score(self, model: Any, tokenizer: Any, data: TaskData, fidelity: Fidelity,
-                         seed: int) -> tuple[TrainOutcome, TrialMetrics, float | None, float]:
+    def _train_and_score(self, model: Any, tokenizer: Any, data: TaskData, fidelity: Fidelity, seed: int,
+                         on_step: Callable[[int, float], None] | None = None
+                         ) -> tuple[TrainOutcome, TrialMetrics, float | None, float]:
         """Held-out and probe losses before, the training run, then the held-out metrics after.
 
         Returns the training outcome (``diverged`` too when the held-out loss is not finite), the
@@ -154,7 +174,7 @@ class Evaluator:
         started = time.perf_counter()
         outcome = train(model, data, TrainConfig(steps=fidelity.steps, batch_size=batch, grad_accum=fidelity.grad_accum,
                                                  learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio,
-                                                 optimizer=cfg.optimizer), seed, self.device)
+                                                 optimizer=cfg.optimizer), seed, self.device, on_step)
         train_s = time.perf_counter() - started
         metrics = TrialMetrics(initial_eval_loss=initial, probe_train_loss_before=probe_before)
         if outcome.status is not TrialStatus.OK:

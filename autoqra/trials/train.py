@@ -6,6 +6,7 @@ it as ``diverged``, running out of memory as ``oom`` (results, not exceptions)."
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,10 @@ def check_optimizer(name: OptimizerName, space_name: str) -> None:
         raise AutoQRAError(f"space {space_name}: this bitsandbytes has no {name} optimizer; use adamw")
 
 
-def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, device: str) -> TrainOutcome:
+def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, device: str,
+          on_step: Callable[[int, float], None] | None = None) -> TrainOutcome:
+    """Train the model's trainable parameters; ``on_step(step, loss)`` is called after every optimizer
+    step (progress and periodic evaluation; it must not draw from torch's RNG or change the model)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,6 +123,9 @@ def train(model: nn.Module, data: TaskData, config: TrainConfig, seed: int, devi
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if on_step is not None:
+                on_step(len(losses), step_loss)
+                model.train()  # an evaluation in on_step may have switched to eval mode
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or is_oom(exc):
             return TrainOutcome(TrialStatus.OOM, tuple(losses), f"out of memory: {str(exc).splitlines()[0][:200]}",

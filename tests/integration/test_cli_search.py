@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,41 +12,11 @@ from autoqra.space.budget import parse_budget, resolve
 from autoqra.space.memory import MemoryModel
 from autoqra.space.model_spec import model_spec
 from autoqra.space.search_space import load_space
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def env(cache_dir):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
-
-
-@pytest.fixture(scope="module")
-def small_space(tmp_path_factory):
-    """The default space with fidelities small enough for a test (a few seconds a trial)."""
-    data = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
-    data["name"] = "default-test"
-    data["fidelities"]["low"] = {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
-    data["fidelities"]["high"] = {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
-    data["fidelities"]["final"] = {"steps": 6, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
-    path = tmp_path_factory.mktemp("space") / "space.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+from tests.cli_kit import run_cli
 
 
 def search(env, *args):
-    return subprocess.run([sys.executable, "-m", "autoqra", "search", *args], capture_output=True, text=True,
-                          env=env, timeout=1200)
-
-
-@pytest.fixture(scope="module")
-def autoqra_run(env, small_space, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "r1"
-    # low costs 0.5 of a high trial, final 1.5: 12 units = 9 for the search (the warm start's lows, 3
-    # promotions, trust-region highs) + the final selection, 2 x 1.5
-    proc = search(env, "--budget", "qlora", "--space", str(small_space), "--max-trials", "12", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out
+    return run_cli(env, "search", *args)
 
 
 def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):

@@ -1,0 +1,22 @@
+"""Running ``python -m autoqra`` the way a user does, for the CLI tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(env: dict[str, str], command: str, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoqra", command, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single ``autoqra: error`` line of a refused command (exit 2, no traceback)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return errors[0]
