@@ -143,6 +143,7 @@ def test_notebook_runs_top_to_bottom_on_the_run(autoqra_run):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"{out}: autoqra on news" in text and "chosen by its final result" in text
+    assert "exported plan" in text and "autoqra.load_quantized" in text  # it ends with the export
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # front, layer map, bits vs rank
 
 
