@@ -8,24 +8,17 @@ person reads there: ``plan`` (bits, rank, hash, budget share), ``fidelity``, ``s
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from autoqra.errors import AutoQRAError
 
 
 def run_dashboard_command(args: argparse.Namespace) -> int:
-    from autoqra.store.ledger import STUDY_NAME, open_study, sqlite_url
+    from autoqra.report.run import storage_of
+    from autoqra.store.ledger import STUDY_NAME, open_study
 
     if not 0 < args.port < 65536:
         raise AutoQRAError(f"--port must be in 1..65535, not {args.port}")
-    text = str(args.run)
-    if "://" in text:
-        url = text
-    else:
-        run_dir = Path(text).expanduser()
-        if not (run_dir / "trials.db").is_file():
-            raise AutoQRAError(f"{run_dir} is not an autoqra run directory: it has no trials.db")
-        url = sqlite_url(run_dir)
+    url, _ = storage_of(args.run)
     study = open_study(url, args.study or STUDY_NAME)  # a missing study fails here, in one line
     try:
         from optuna_dashboard import run_server

@@ -150,35 +150,40 @@ class Run:
 RUNNING = "running"
 
 
+def storage_of(source: str | Path) -> tuple[str, Path | None]:
+    """(storage URL, run directory or None) of a run directory or a storage URL; RunError for a path
+    that is no run directory."""
+    text = str(source)
+    if "://" in text:
+        return text, None
+    run_dir = Path(text).expanduser()
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory (give a run directory or a storage URL)")
+    if not (run_dir / "trials.db").is_file():
+        raise RunError(f"{run_dir} is not an autoqra run directory: it has no trials.db")
+    return sqlite_url(run_dir), run_dir
+
+
 def load_run(source: str | Path, study: str | None = None) -> Run:
     """Read a run: a run directory (``settings.json`` + ``trials.db``) or a storage URL (with ``study``,
     default ``autoqra``). RunError (one line) for anything that is not an autoqra run."""
     import pandas as pd
 
     text = str(source)
-    run_dir: Path | None = None
-    if "://" in text:
-        url = text
-    else:
-        run_dir = Path(text).expanduser()
-        if not run_dir.is_dir():
-            raise RunError(f"{run_dir} is not a directory (give a run directory or a storage URL)")
-        if not (run_dir / "trials.db").is_file():
-            raise RunError(f"{run_dir} is not an autoqra run directory: it has no trials.db")
-        url = sqlite_url(run_dir)
+    url, run_dir = storage_of(source)
     handle = open_study(url, study or STUDY_NAME)
     info = run_info(handle)
-    settings = info.get("settings")
-    if settings is None and run_dir is not None and (run_dir / "settings.json").is_file():
-        settings = json.loads((run_dir / "settings.json").read_text())  # runs recorded before settings moved in
+
+    def recorded(key: str) -> Any:
+        """A run-level value kept with the study, else its file (runs recorded before it moved in)."""
+        if key in info:
+            return info[key]
+        path = run_dir / f"{key}.json" if run_dir is not None else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+    settings, summary, priors_data = recorded("settings"), recorded("summary"), recorded("priors")
     if not isinstance(settings, dict):
         raise RunError(f"{text}: the study has no autoqra run settings; not an autoqra search run")
-    summary = info.get("summary")
-    if summary is None and run_dir is not None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
-    priors_data = info.get("priors")
-    if priors_data is None and run_dir is not None and (run_dir / "priors.json").is_file():
-        priors_data = json.loads((run_dir / "priors.json").read_text())
     space = parse_space(json.dumps(settings["space"]), source=f"{text} settings")
     codec = SearchCodec(model_spec(space.model), space)
     entries = study_entries(handle, url)

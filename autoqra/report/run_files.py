@@ -29,7 +29,9 @@ def _point(e: Evaluated, budget_bytes: int) -> dict[str, Any]:
     }
 
 
-def write_run_files(run_dir: Path, outcome: RunOutcome, budget_bytes: int) -> list[str]:
+def write_run_files(run_dir: Path, outcome: RunOutcome,
+                    budget_bytes: int) -> tuple[list[str], dict[str, Any]]:
+    """Write plan.json, front.json and summary.json; returns the names written and the summary."""
     written = []
     if outcome.chosen is not None:
         (run_dir / "plan.json").write_text(outcome.chosen.ask.plan.to_json() + "\n")
@@ -48,7 +50,7 @@ def write_run_files(run_dir: Path, outcome: RunOutcome, budget_bytes: int) -> li
         "spearman_low_high_promoted": outcome.spearman_low_high, "promoted_pairs": outcome.promoted_pairs,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return [*written, "front.json", "summary.json"]
+    return [*written, "front.json", "summary.json"], summary
 
 
 def _high_of(outcome: RunOutcome, e: Evaluated) -> float | None:

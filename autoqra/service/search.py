@@ -142,8 +142,8 @@ def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
     run = _run_pipeline(p, utility, sensitivity, evaluator, ledger)
     from autoqra.report.run_files import write_run_files
 
-    written = write_run_files(p.run_dir, run, p.budget.bytes)
-    ledger.set_run_info("summary", json.loads((p.run_dir / "summary.json").read_text()))
+    written, summary = write_run_files(p.run_dir, run, p.budget.bytes)
+    ledger.set_run_info("summary", summary)
     written += _write_plots(p.run_dir)
     files = tuple(f for f in (*written, "settings.json", "priors.json", "trials.db", "trials.jsonl")
                   if (p.run_dir / f).is_file())
