@@ -16,6 +16,10 @@ that plan); a rerun skips finished cells, and a search whose run directory holds
 (``summary.json``) is read back instead of run again. ``--report`` writes ``docs/results.md`` and
 the best-so-far plot from the cells only. Every figure is a real training run on this machine.
 
+Pausing: ``pkill -TSTP -f compare.py`` stops the grid (to run something else on the same cores
+without the two slowing each other) and ``pkill -CONT -f compare.py`` resumes it; the time it spent
+stopped is measured and left out of the search wall time (and recorded as ``paused_s``).
+
     .venv/bin/python experiments/compare.py                  # the main grid, then the report
     .venv/bin/python experiments/compare.py --grid all       # main and secondary grids
     .venv/bin/python experiments/compare.py --report         # only the report, from the cells
@@ -31,6 +35,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +83,28 @@ class Setup:
 
 
 # -- cells -----------------------------------------------------------------------------------------
+class PauseClock:
+    """Seconds this process spent stopped by SIGTSTP, so a paused search's wall time stays honest.
+
+    SIGSTOP cannot be caught, so the grid is paused with SIGTSTP: the handler notes the time, stops
+    the process itself and, once SIGCONT resumes it, adds the span."""
+
+    def __init__(self) -> None:
+        self.paused_s = 0.0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTSTP, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        began = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        self.paused_s += time.perf_counter() - began
+        log(f"  resumed after {time.perf_counter() - began:.0f} s paused")
+
+
+PAUSES = PauseClock()
+
+
 def cell_name(*parts: object) -> str:
     return ".".join(str(p).replace("%", "pct").replace("/", "_") for p in parts)
 
@@ -221,13 +248,17 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
         if run_dir.exists():
             log(f"  {run_dir} holds an unfinished run: removed, the search starts again")
             shutil.rmtree(run_dir)
+        paused_before = PAUSES.paused_s
         search(setup, method, grid, seed, run_dir)
+        (run_dir / "paused_s.json").write_text(json.dumps(PAUSES.paused_s - paused_before))
     from autoqra.domain import Plan
 
     summary = json.loads((run_dir / "summary.json").read_text())
+    paused_file = run_dir / "paused_s.json"
+    paused = float(json.loads(paused_file.read_text())) if paused_file.is_file() else 0.0
     common = {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
-              "search_wall_s": summary["elapsed_s"], "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
+              "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
               **cell_settings(setup), "commit": commit(), "machine": machine()}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
@@ -486,6 +517,7 @@ def main() -> int:
     configure_logging(verbose=False, quiet=False)
     quiet_libraries("search", verbose=False)
     out = args.out.resolve()
+    PAUSES.install()
     if args.smoke:
         setup = Setup(space=str(smoke_space(_mkdir(out / "smoke-model"))), out=out, runs=out / "runs",
                       max_trials=args.max_trials or 6.0, methods=("sequential", "autoqra"), references=("lora16-r16", "qlora-nf4dq-r16"),
