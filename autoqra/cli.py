@@ -115,13 +115,12 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         description="Priors, a multi-fidelity NSGA-II stage and a trust-region Bayesian stage, every candidate "
         "trained for real; writes the run directory (plan, Pareto front, every trial in an Optuna study).",
     )
-    srch.add_argument("--budget", required=True, help=BUDGET_HELP)
+    srch.add_argument("--budget", help=BUDGET_HELP + " (required, except with --resume)")
     add_model_arguments(srch)
     srch.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
-    srch.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"],
+    srch.add_argument("--preset", choices=["quick", "standard", "paper"],
                       help="search effort: population, promotions, trial budget, priors (default: quick)")
-    srch.add_argument("--strategy", default="autoqra",
-                      choices=["autoqra", "random", "uniform", "sequential", "optuna-nsga2", "optuna-tpe"],
+    srch.add_argument("--strategy", choices=["autoqra", "random", "uniform", "sequential", "optuna-nsga2", "optuna-tpe"],
                       help="default: autoqra; the others are baselines on the same harness and trial budget")
     srch.add_argument("--max-trials", type=float, help="trial budget in high-trial units, final selection included "
                       "(a low or final trial counts as its share of a high trial's training tokens); default: the "
@@ -131,10 +130,25 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                       "standard 3, paper 4)")
     srch.add_argument("--time-limit", help="stop starting trials after this long, e.g. 30m, 1h, 90s (a limit "
                       "reached skips the final selection: the plan is then chosen by high)")
-    srch.add_argument("--seed", type=int, default=0, help="run seed (default 0): the search and every trial seed")
+    srch.add_argument("--seed", type=int, help="run seed (default 0): the search and every trial seed")
     srch.add_argument("--priors", type=Path, help="priors file from `autoqra priors` (default: measured once and cached)")
-    srch.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    srch.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
     srch.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
+    srch.set_defaults(space=None)
+    pool = srch.add_argument_group("where trials run")
+    pool.add_argument("--executor", choices=["inline", "local", "ray"], default="inline",
+                      help="inline: one trial at a time in this process (default); local: a pool of --workers "
+                      "processes; ray: Ray tasks on a cluster or a local Ray instance")
+    pool.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
+    pool.add_argument("--trials-per-gpu", type=int, help="local executor on CUDA: workers sharing one GPU (default 1)")
+    pool.add_argument("--ray-address", help="auto, or HOST:PORT of a running Ray cluster (default: start a local "
+                      "Ray instance for the run)")
+    store = srch.add_argument_group("where trials are kept")
+    store.add_argument("--storage", help="SQLAlchemy URL of the trial store, e.g. postgresql://user@host:5432/db "
+                       "(default: sqlite in the run directory)")
+    store.add_argument("--study", default="autoqra", help="study name in the store (default: autoqra)")
+    store.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN (or at storage URL RUN): "
+                       "finished trials come from its ledger, the rest runs; its settings are used")
 
 
 #: commands whose arguments live beside their code: name -> (module, help, description)

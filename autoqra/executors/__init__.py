@@ -1,1 +1,1 @@
-"""Executors run trials for the pipeline and yield results in completion order, never dropping one."""
+"""Executors: where trials run (in this process, a pool of worker processes, or Ray tasks)."""

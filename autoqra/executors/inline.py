@@ -1,28 +1,31 @@
-"""The in-process executor: one evaluator, trials one after another in this process."""
+"""The in-process executor: one evaluator, trials one after another in this process (the default)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections import deque
 
-from autoqra.domain import Fidelity, Plan, TrialResult
-
-
-class PlanEvaluator(Protocol):
-    def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult: ...
+from autoqra.domain import Fidelity, TrialResult
+from autoqra.executors.base import PlanEvaluator, TrialRequest
 
 
 class InlineExecutor:
-    """Runs ``(plan, fidelity name, seed)`` requests sequentially with one evaluator."""
+    """Runs requests in submission order with one evaluator; one trial in flight."""
 
     def __init__(self, evaluator: PlanEvaluator, fidelities: dict[str, Fidelity]) -> None:
         self.evaluator = evaluator
         self.fidelities = fidelities
+        self._queue: deque[TrialRequest] = deque()
 
     @property
     def workers(self) -> int:
         return 1
 
-    def run(self, requests: Sequence[tuple[Plan, str, int]]) -> Iterator[tuple[int, TrialResult]]:
-        for index, (plan, fidelity, seed) in enumerate(requests):
-            yield index, self.evaluator.evaluate(plan, self.fidelities[fidelity], seed)
+    def submit(self, request: TrialRequest) -> None:
+        self._queue.append(request)
+
+    def next_result(self) -> tuple[TrialRequest, TrialResult]:
+        request = self._queue.popleft()
+        return request, self.evaluator.evaluate(request.plan, self.fidelities[request.fidelity], request.seed)
+
+    def close(self) -> None:
+        self._queue.clear()

@@ -77,6 +77,7 @@ class RandomStage:
     def __init__(self, codec: SearchCodec, repairer: Repairer, archive: Archive, rng: np.random.Generator) -> None:
         self.codec, self.repairer, self.archive, self.rng = codec, repairer, archive, rng
         self._exhausted = False
+        self._in_flight: set[Genome] = set()
 
     @property
     def done(self) -> bool:
@@ -88,13 +89,16 @@ class RandomStage:
             if len(out) >= n:
                 break
             genome = self.repairer.repair(self.codec.random(self.rng))
-            if not self.archive.evaluated(genome, HIGH_FIDELITY) and all(a.genome != genome for a in out):
+            if (not self.archive.evaluated(genome, HIGH_FIDELITY) and genome not in self._in_flight
+                    and all(a.genome != genome for a in out)):
                 out.append(Ask(plan=self.codec.decode(genome), fidelity=HIGH_FIDELITY, genome=genome))
-        self._exhausted = not out
+        self._exhausted = not out and not self._in_flight
+        self._in_flight.update(a.genome for a in out if a.genome is not None)
         return out
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None:
-        return None
+        for e in evaluated:
+            self._in_flight.discard(e.ask.genome)  # type: ignore[arg-type]
 
 
 class OptunaStage:
@@ -127,8 +131,9 @@ class OptunaStage:
             if known is not None:  # already run: tell the sampler without spending a trial
                 self._tell(trial, known)
                 continue
+            in_flight = repaired in self._open  # asked before and still running: told when it ends
             self._open.setdefault(repaired, []).append(trial)
-            if all(a.genome != repaired for a in out):
+            if not in_flight and all(a.genome != repaired for a in out):
                 out.append(Ask(plan=self.codec.decode(repaired), fidelity=HIGH_FIDELITY, genome=repaired))
         return out
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autoqra.domain import Fidelity, Plan, derive_seed
+from autoqra.domain import Fidelity, Plan, TrialResult, derive_seed
 from autoqra.errors import AutoQRAError
+from autoqra.executors.base import TrialRequest, TrialRunner
 from autoqra.search.baselines import RandomStage, optuna_stage, sequential_stage, uniform_stage
 from autoqra.search.codec import SearchCodec
 from autoqra.search.evolution import EvolutionStage
@@ -36,12 +37,11 @@ from autoqra.search.stage import (
     Ask,
     Evaluated,
     Stage,
-    TrialRunner,
 )
 from autoqra.search.surrogate import PerformanceModel
 from autoqra.search.trust_region import TrustRegionStage
 from autoqra.search.utility import PriorUtility, flat_utility
-from autoqra.store.ledger import Ledger
+from autoqra.store.ledger import Ledger, Replay
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,18 @@ def spearman_low_high(archive: Archive) -> tuple[float | None, int]:
 class SearchPipeline:
     def __init__(self, *, codec: SearchCodec, utility: PriorUtility, runner: TrialRunner,
                  fidelities: dict[str, Fidelity], config: RunConfig, ledger: Ledger | None = None,
-                 sensitivity: np.ndarray | None = None) -> None:
+                 sensitivity: np.ndarray | None = None, replay: Replay | None = None) -> None:
         if config.strategy not in STRATEGIES:
             raise AutoQRAError(f"unknown strategy {config.strategy!r} (strategies: {', '.join(STRATEGIES)})")
         for needed in (LOW_FIDELITY, HIGH_FIDELITY):
             if needed not in fidelities:
                 raise AutoQRAError(f"the space must define the {needed!r} fidelity")
         self.codec, self.utility, self.runner, self.fidelities = codec, utility, runner, fidelities
-        self.config, self.ledger = config, ledger
+        self.config, self.ledger, self.replay = config, ledger, replay
+        self._next_key = 0
+        self._replayed: list[tuple[TrialRequest, TrialResult]] = []  # asked again after a resume: results at hand
+        self._running: dict[int, int] = {}  # request key -> ledger trial id of a trial in flight
+        self.replayed_count = 0
         self.sensitivity = sensitivity if sensitivity is not None else np.ones(codec.n_groups)
         self.costs = fidelity_costs(fidelities)
         self.archive = Archive()
@@ -141,57 +145,95 @@ class SearchPipeline:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        """Run every stage, then the final selection; the executor is closed at the end, whatever happens."""
         c = self.config
         started = time.perf_counter()
-        spent, stopped_by = self._run_stages(self.stages, c.preset.max_cost, 0.0, started)
-        if self.final is not None and stopped_by != "time limit":
-            # paid for in advance: the search stages could spend only max_cost
-            spent, why = self._run_stages([self.final], c.preset.total_cost(self.costs), spent, started)
-            if why == "time limit":
-                stopped_by = why
+        try:
+            spent, stopped_by = self._run_stages(self.stages, c.preset.max_cost, 0.0, started)
+            if self.final is not None and stopped_by != "time limit":
+                # paid for in advance: the search stages could spend only max_cost
+                spent, why = self._run_stages([self.final], c.preset.total_cost(self.costs), spent, started)
+                if why == "time limit":
+                    stopped_by = why
+        finally:
+            self.runner.close()
         return self._outcome(spent, time.perf_counter() - started, stopped_by)
 
     def _run_stages(self, stages: list[Stage], limit: float, spent: float, started: float) -> tuple[float, str]:
-        """Ask, trim to ``limit`` (high-trial units) and the time limit, run, record, tell; until done."""
+        """The asynchronous loop: keep up to ``workers`` trials in flight; as each ends, record it, tell
+        its stage and ask for more. A stage's asks are trimmed to ``limit`` (high-trial units, counting
+        the trials in flight) and the time limit; once either binds, nothing new starts and the trials
+        in flight are finished and recorded. Stages run one after another: a stage starts when the
+        previous one has been told everything it asked."""
         time_limit = self.config.time_limit_s
         for stage in stages:
-            while not stage.done:
-                if time_limit is not None and time.perf_counter() - started >= time_limit:
-                    return spent, "time limit"
-                asks = stage.ask(self.runner.workers)
-                if not asks:
-                    break
-                affordable: list[Ask] = []
-                planned = spent
-                for ask in asks:
-                    if planned + self.costs[ask.fidelity] <= limit + 1e-9:
-                        affordable.append(ask)
+            pending: dict[int, Ask] = {}
+            stop: str | None = None
+            while True:
+                while stop is None and not stage.done and len(pending) < self.runner.workers:
+                    if time_limit is not None and time.perf_counter() - started >= time_limit:
+                        stop = "time limit"
+                        break
+                    asks = stage.ask(self.runner.workers - len(pending))
+                    if not asks:
+                        break
+                    planned = spent + sum(self.costs[a.fidelity] for a in pending.values())
+                    for ask in asks:
+                        if planned + self.costs[ask.fidelity] > limit + 1e-9:
+                            stop = "trial budget"
+                            break
                         planned += self.costs[ask.fidelity]
-                if not affordable:
-                    return spent, "trial budget"
-                spent = self._run_batch(stage, affordable, spent, started)
-                if len(affordable) < len(asks):
-                    return spent, "trial budget"
+                        self._submit(stage, ask, pending)
+                if not pending:
+                    if stop is not None:
+                        return spent, stop
+                    break  # the stage is done or has nothing more to ask
+                spent = self._take_one(stage, pending, spent, started)
         return spent, "strategy finished"
 
-    def _run_batch(self, stage: Stage, asks: list[Ask], spent: float, started: float) -> float:
-        requests = [(a.plan, a.fidelity, derive_seed(self.config.seed, a.plan.plan_hash, a.fidelity)) for a in asks]
-        told: list[Evaluated] = []
-        for index, result in self.runner.run(requests):
-            ask = asks[index]
-            peak = self.codec.predicted_peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
-            evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=peak, stage=stage.name)
-            if self.ledger is not None:
-                self.ledger.record(result, predicted_peak_bytes=peak, stage=stage.name, fidelity=ask.fidelity,
-                                   brief=f"{plan_brief(ask.plan)}, {100 * peak / self.config.budget_bytes:.1f}% of budget")
-            self.archive.add(evaluated)
-            told.append(evaluated)
-            spent += self.costs[ask.fidelity]
-            self._progress(evaluated, spent, time.perf_counter() - started)
-        stage.tell(told)
+    def _submit(self, stage: Stage, ask: Ask, pending: dict[int, Ask]) -> None:
+        key = self._next_key
+        self._next_key += 1
+        seed = derive_seed(self.config.seed, ask.plan.plan_hash, ask.fidelity)
+        peak = self._peak(ask)
+        pending[key] = ask
+        request = TrialRequest(key=key, plan=ask.plan, fidelity=ask.fidelity, seed=seed, predicted_peak_bytes=peak)
+        replayed = self.replay.take(ask.plan.plan_hash, ask.fidelity, seed) if self.replay is not None else None
+        if replayed is not None:
+            self._replayed.append((request, replayed))  # finished before a crash: its result, not a rerun
+            return
+        if self.ledger is not None:
+            self._running[key] = self.ledger.start(ask.plan, stage=stage.name, fidelity=ask.fidelity,
+                                                   predicted_peak_bytes=peak, brief=self._brief(ask.plan, peak))
+        self.runner.submit(request)
+
+    def _take_one(self, stage: Stage, pending: dict[int, Ask], spent: float, started: float) -> float:
+        """Wait for the next trial to end (a replayed one first); record it, archive it, tell the stage."""
+        if self._replayed:
+            request, result = self._replayed.pop(0)
+            replayed = True
+        else:
+            request, result = self.runner.next_result()
+            replayed = False
+        ask = pending.pop(request.key)
+        evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=request.predicted_peak_bytes, stage=stage.name)
+        if self.ledger is not None and not replayed:
+            self.ledger.finish(self._running.pop(request.key), result, predicted_peak_bytes=request.predicted_peak_bytes,
+                               stage=stage.name, fidelity=ask.fidelity)
+        self.archive.add(evaluated)
+        spent += self.costs[ask.fidelity]
+        self.replayed_count += replayed
+        self._progress(evaluated, spent, time.perf_counter() - started, replayed)
+        stage.tell([evaluated])
         return spent
 
-    def _progress(self, e: Evaluated, spent: float, elapsed: float) -> None:
+    def _peak(self, ask: Ask) -> int:
+        return self.codec.predicted_peak_bytes(ask.genome) if ask.genome is not None else self.codec.memory.total(ask.plan)
+
+    def _brief(self, plan: Plan, peak: int) -> str:
+        return f"{plan_brief(plan)}, {100 * peak / self.config.budget_bytes:.1f}% of budget"
+
+    def _progress(self, e: Evaluated, spent: float, elapsed: float, replayed: bool = False) -> None:
         c = self.config
         best = self.archive.best(HIGH_FIDELITY, c.budget_bytes)
         outcome = f"{e.objective:.4f}" if e.ok else f"{e.result.status.value} ({e.result.error[:60]})"
@@ -199,8 +241,9 @@ class SearchPipeline:
                      f"({100 * best.predicted_peak_bytes / c.budget_bytes:.1f}% of budget)" if best else "no high result yet")
         total = c.preset.total_cost(self.costs)
         wall = sum(e.result.phases.model_dump().values())
+        how = "from the ledger (ran before the resume)" if replayed else f"in {wall:.0f} s"
         log.info(f"[{e.stage}] trial {len(self.archive.items)} {e.ask.fidelity:<4} {plan_brief(e.ask.plan)} "
-                 f"-> {outcome} in {wall:.0f} s | {best_text} | cost {spent:.2f}/{total:g}, {elapsed:.0f} s")
+                 f"-> {outcome} {how} | {best_text} | cost {spent:.2f}/{total:g}, {elapsed:.0f} s")
 
     def _outcome(self, spent: float, elapsed: float, stopped_by: str) -> RunOutcome:
         evolution = next((s for s in self.stages if isinstance(s, EvolutionStage)), None)

@@ -4,11 +4,16 @@ A *stage* is an ask/tell optimizer (DESIGN.md §3): ``ask(n)`` proposes up to ``
 and a fidelity), ``tell(evaluated)`` hands back their results, ``done`` says it has nothing more to
 ask. Stages never run trials: the pipeline owns the loop, runs the asks through an executor, writes
 every result to the store and the archive, and only then tells the stage.
+
+With a pool of workers the pipeline is asynchronous: it calls ``ask`` whenever a worker is free,
+while earlier asks are still running, and tells each result as it ends. A stage therefore never
+re-proposes a plan it has in flight, and may return ``[]`` while it waits for its in-flight trials
+(an NSGA-II generation waits for all of its ``low`` trials before it promotes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,17 +62,6 @@ class Stage(Protocol):
     def ask(self, n: int) -> list[Ask]: ...
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None: ...
-
-
-class TrialRunner(Protocol):
-    """What the pipeline needs of an executor: run requests, yield results in completion order."""
-
-    @property
-    def workers(self) -> int: ...
-
-    def run(self, requests: Sequence[tuple[Plan, str, int]]) -> Iterator[tuple[int, TrialResult]]:
-        """Run ``(plan, fidelity name, seed)`` requests; yield ``(request index, result)`` as each ends."""
-        ...
 
 
 @dataclass

@@ -89,7 +89,7 @@ class TrustRegionStage:
         self.state = state or TrustRegionState()
         self.centers: list[Genome] = []
         self._exhausted = False
-        self._best_before: float | None = None
+        self._in_flight: dict[Genome, float | None] = {}  # asked, not told yet -> the incumbent at the ask
 
     @property
     def done(self) -> bool:
@@ -127,13 +127,14 @@ class TrustRegionStage:
             self._exhausted = True
             return []
         incumbent = self._incumbent()
-        self._best_before = incumbent.objective if incumbent else None
+        best_before = incumbent.objective if incumbent else None
         candidates: list[Genome] = []
         for _ in range(self.n_candidates * 4):
             if len(candidates) >= self.n_candidates:
                 break
             genome = self.repairer.repair(perturb(center, self.state.length, self.codec, self.rng))
-            if genome not in candidates and not self.archive.evaluated(genome, HIGH_FIDELITY):
+            if (genome not in candidates and genome not in self._in_flight
+                    and not self.archive.evaluated(genome, HIGH_FIDELITY)):
                 candidates.append(genome)
         if not candidates:
             log.info("trust-region: no unexplored plan around the incumbent; stage ends")
@@ -144,12 +145,17 @@ class TrustRegionStage:
             chosen = [candidates[i] for i in self.model.thompson(candidates, k, self.rng, HIGH)]
         else:
             chosen = [candidates[int(i)] for i in self.rng.choice(len(candidates), k, replace=False)]
+        self._in_flight.update((g, best_before) for g in chosen)
         return [Ask(plan=self.codec.decode(g), fidelity=HIGH_FIDELITY, genome=g) for g in chosen]
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None:
+        """One state update per told batch: a success when its best result beats the incumbent of
+        the time it was asked (asynchronous workers tell one result at a time)."""
+        befores = [self._in_flight.pop(e.ask.genome, None) for e in evaluated if e.ask.genome is not None]
         best_new = max((e.objective for e in evaluated if e.predicted_peak_bytes <= self.repairer.budget_bytes),
                        default=float("-inf"))
-        before = self._best_before
+        known = [b for b in befores if b is not None]
+        before = max(known) if known else None
         improved = math.isfinite(best_new) and (before is None or best_new > before + 1e-3 * abs(before))
         self.state = update_state(self.state, improved)
         log.info(f"trust-region: {'success' if improved else 'failure'}; length {self.state.length:.3f} "

@@ -148,6 +148,13 @@ def _check_run_dir(path: Path) -> None:
         _check_can_create_in(path, "run directory")
 
 
+def check_resume_dir(path: Path) -> None:
+    """The run directory of a resumed run: it exists and this process may write in it."""
+    if not path.is_dir():
+        raise AutoQRAError(f"--resume {path}: no such run directory")
+    _probe(lambda: _check_can_create_in(path / ".autoqra-probe", "files in run directory"), path, "run directory")
+
+
 def read_priors_file(path: Path, spec: ModelSpec, granularity: str, fingerprint: str | None) -> Priors:
     """The priors of ``path``, checked against the model's groups and, when known (``fingerprint``), its
     weights; weights that are not local yet are checked at run time."""
@@ -233,6 +240,12 @@ class SearchRequest:
     is in high-trial units, the final selection included (default: the preset's); ``final_top``: plans
     retrained at ``final`` at the end (default: the preset's; 0 chooses by ``high``); ``time_limit``
     like ``30m``; ``out``: the run directory (default ``runs/<strategy>-<time>``).
+
+    Where trials run: ``executor`` ``inline`` (this process, the default), ``local`` (``workers``
+    spawned processes) or ``ray`` (Ray tasks, ``ray_address`` ``auto``/``HOST:PORT`` or a local
+    instance); ``trials_per_gpu`` lets several local workers share a GPU. ``storage``: any SQLAlchemy
+    URL Optuna accepts (default: SQLite in the run directory), ``study`` its study name.
+    ``resume``: continue the run in ``out`` (or in ``storage``/``study``) instead of starting one.
     """
 
     budget: str
@@ -248,11 +261,33 @@ class SearchRequest:
     priors: Path | None = None
     device: Device = "auto"
     out: Path | None = None
+    executor: str = "inline"
+    workers: int = 1
+    trials_per_gpu: int | None = None
+    ray_address: str | None = None
+    storage: str | None = None
+    study: str = "autoqra"
+    resume: bool = False
 
     def __post_init__(self) -> None:
+        from autoqra.executors.base import EXECUTORS
         from autoqra.search.settings import STRATEGIES, parse_duration, preset
 
         _as_paths(self, "priors", "out")
+        if self.executor not in EXECUTORS:
+            raise AutoQRAError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.workers < 1:
+            raise AutoQRAError(f"--workers {self.workers}: at least one worker is needed")
+        if self.executor == "inline" and self.workers > 1:
+            raise AutoQRAError(f"--workers {self.workers} needs --executor local or ray (inline runs one trial at a time)")
+        if self.trials_per_gpu is not None and self.trials_per_gpu < 1:
+            raise AutoQRAError(f"--trials-per-gpu {self.trials_per_gpu}: at least one trial per GPU")
+        if self.ray_address is not None and self.executor != "ray":
+            raise AutoQRAError("--ray-address needs --executor ray")
+        if not self.study.strip():
+            raise AutoQRAError("--study must name a study")
+        if self.resume and self.out is None and self.storage is None:
+            raise AutoQRAError("resume needs the run directory (--resume RUN) or --storage URL")
         parse_budget(self.budget)
         if self.strategy not in STRATEGIES:
             raise AutoQRAError(f"unknown strategy {self.strategy!r} (strategies: {', '.join(STRATEGIES)})")

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import Plan
 from autoqra.errors import AutoQRAError
@@ -27,6 +27,7 @@ from autoqra.search.utility import PriorUtility, flat_utility, utility_from_prio
 from autoqra.service.requests import (
     STRATEGIES_WITH_PRIORS,
     SearchRequest,
+    check_resume_dir,
     check_run_dir,
     lowest_quantized,
     read_priors_file,
@@ -40,8 +41,9 @@ from autoqra.space.search_space import SearchSpace
 if TYPE_CHECKING:
     import numpy as np
 
-    from autoqra.store.ledger import Ledger
-    from autoqra.trials.evaluator import Evaluator
+    from autoqra.executors.base import TrialRunner
+    from autoqra.store.ledger import Ledger, Replay
+    from autoqra.trials.evaluator import EvaluatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class PreparedSearch:
     priors: Priors | None  # from the request's priors file; None: measured (or cached) at run time
     run_dir: Path
     device: str  # resolved: cpu or cuda
+    storage_url: str  # the trial store: --storage, else SQLite in the run directory
+    run_id: str  # marks this run's trials in a study several runs may write; kept across resumes
+    resumed: dict[str, Any] | None = None  # the stored settings of the run this search resumes
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class SearchOutcome:
     run: RunOutcome
     files: tuple[str, ...]
     codec: SearchCodec
+    storage_url: str = ""
+    study: str = "autoqra"
 
     @property
     def chosen_plan(self) -> Plan | None:
@@ -108,46 +115,124 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
         priors = read_priors_file(request.priors, spec, space.granularity, local_fingerprint(space.model))
     elif request.strategy in STRATEGIES_WITH_PRIORS:
         lowest_quantized(space, spec)
+    storage_url, resumed, run_dir, run_id = _storage_and_run(request)
+    prepared = PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
+                              time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
+                              codec=codec, budget=budget, priors=priors, run_dir=run_dir, device=device,
+                              storage_url=storage_url, run_id=run_id, resumed=resumed)
+    _check_against_study(prepared)
+    return prepared
+
+
+def _storage_and_run(request: SearchRequest) -> tuple[str, dict[str, Any] | None, Path, str]:
+    """The trial store, the stored settings of a resumed run, the run directory and the run id."""
+    import uuid
+
+    from autoqra.service import run_store
+
+    url = run_store.normalize_url(request.storage) if request.storage else None
+    if url is not None:
+        run_store.check_reachable(url)
+    if request.resume:
+        stored = run_store.stored_settings(request.out, url, request.study)
+        run_dir = request.out or Path(stored.get("run_dir") or "")
+        if not str(run_dir) or run_dir == Path():
+            raise AutoQRAError("--resume: the run's directory is unknown; give it with --out")
+        check_resume_dir(run_dir)
+        return url or run_store.default_url(run_dir), stored, run_dir, str(stored["run_id"])
     run_dir = request.out or Path("runs") / f"{request.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_dir(run_dir)
-    return PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
-                          time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
-                          codec=codec, budget=budget, priors=priors, run_dir=run_dir, device=device)
+    return url or run_store.default_url(run_dir), None, run_dir, uuid.uuid4().hex[:12]
+
+
+def _check_against_study(p: PreparedSearch) -> None:
+    """A resume must match its run; a search joining an existing study must match the study's run."""
+    from autoqra.service import run_store
+
+    new = run_store.run_key(_core_settings(p))
+    if p.resumed is not None:
+        diff = run_store.first_difference(run_store.run_key(p.resumed), new, run_store.RESUME_KEYS)
+        if diff is not None:
+            raise AutoQRAError(f"--resume {p.run_dir}: this search differs from the run in {diff}; resume with the "
+                               "run's settings, or start a new run")
+        return
+    if p.request.storage:
+        existing = run_store.study_settings(p.storage_url, p.request.study)
+        if existing is not None:
+            diff = run_store.first_difference(run_store.run_key(existing), new, run_store.JOIN_KEYS)
+            if diff is not None:
+                raise AutoQRAError(f"study {p.request.study!r} at {run_store.shown(p.storage_url)} holds a run that "
+                                   f"differs in {diff}; choose another --study")
+
+
+def _core_settings(p: PreparedSearch) -> dict[str, Any]:
+    return {"model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task,
+            "strategy": p.request.strategy, "preset": asdict(p.preset), "seed": p.request.seed,
+            "budget": {"text": p.request.budget, "bytes": p.budget.bytes, "explanation": p.budget.explanation}}
 
 
 def run_search(request: SearchRequest | PreparedSearch) -> SearchOutcome:
-    """Run a search end to end and write its run directory (see ``docs/search.md``)."""
+    """Run a search end to end and write its run directory (see ``docs/search.md``).
+
+    A resumed search (``resume=True``) replays its run: the stages ask again from the same seed and
+    every trial the ledger holds comes back from it instead of running; trials a dead process left
+    RUNNING are marked failed and run again."""
     p = request if isinstance(request, PreparedSearch) else prepare_search(request)
-    check_run_dir(p.run_dir)  # again: a prepared search may be run twice, never into one run directory
+    if p.resumed is None:
+        check_run_dir(p.run_dir)  # again: a prepared search may be run twice, never into one run directory
     _log_settings(p)
     try:
         p.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AutoQRAError(f"cannot create run directory {p.run_dir}: {exc.strerror or exc}") from None
-    log.info(f"  run dir   {p.run_dir}")
-    utility, sensitivity, priors = flat_utility(p.codec), None, None
-    if p.request.strategy in STRATEGIES_WITH_PRIORS:
-        import numpy as np
+    log.info(f"  run dir   {p.run_dir}{' (resumed)' if p.resumed is not None else ''}")
+    from autoqra.service.run_store import shown
 
-        priors = _priors(p)
-        utility = utility_from_priors(p.codec, priors)
-        sensitivity = np.array([g.sensitivity for g in priors.groups])
-        (p.run_dir / "priors.json").write_text(priors.to_json() + "\n")
-    evaluator, checkpointing = _evaluator(p)
-    settings = _write_settings(p, checkpointing, priors is not None)
-    ledger = _ledger(p)
-    ledger.set_run_info("settings", settings)
-    if priors is not None:
-        ledger.set_run_info("priors", priors.model_dump(mode="json", by_alias=True))
-    run = _run_pipeline(p, utility, sensitivity, evaluator, ledger)
+    log.info(f"  store     {shown(p.storage_url)}, study {p.request.study!r}, run {p.run_id}")
+    config, checkpointing = _evaluator_config(p)
+    runner = _runner(p, config)  # an unreachable Ray cluster fails here, before anything is recorded
+    try:
+        utility, sensitivity, priors = flat_utility(p.codec), None, None
+        if p.request.strategy in STRATEGIES_WITH_PRIORS:
+            import numpy as np
+
+            priors = _priors(p)
+            utility = utility_from_priors(p.codec, priors)
+            sensitivity = np.array([g.sensitivity for g in priors.groups])
+            if p.resumed is None:
+                (p.run_dir / "priors.json").write_text(priors.to_json() + "\n")
+        settings = _settings(p, checkpointing, priors is not None)
+        ledger = _ledger(p)
+        replay = None
+        if p.resumed is None:
+            (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            ledger.set_run_info("settings", settings)
+            if priors is not None:
+                ledger.set_run_info("priors", priors.model_dump(mode="json", by_alias=True))
+        else:
+            replay = _replay(p, ledger)
+        run = _run_pipeline(p, utility, sensitivity, runner, ledger, replay)
+    finally:
+        runner.close()
     from autoqra.report.run_files import write_run_files
 
     written, summary = write_run_files(p.run_dir, run, p.budget.bytes)
     ledger.set_run_info("summary", summary)
-    written += _write_plots(p.run_dir)
+    written += _write_plots(p.run_dir, p.storage_url, p.request.study)
     files = tuple(f for f in (*written, "settings.json", "priors.json", "trials.db", "trials.jsonl")
                   if (p.run_dir / f).is_file())
-    return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec, files=files)
+    return SearchOutcome(run_dir=p.run_dir, budget_bytes=p.budget.bytes, run=run, codec=p.codec, files=files,
+                         storage_url=p.storage_url, study=p.request.study)
+
+
+def _replay(p: PreparedSearch, ledger: Ledger) -> Replay:
+    from autoqra.store.ledger import Replay
+
+    stale = ledger.fail_running("left running by a search process that died; run again by the resume")
+    entries = [e for e in ledger.entries() if e.run_id in (p.run_id, "")]
+    log.info(f"resume: {len(entries)} finished trial(s) of run {p.run_id} come from the ledger"
+             + (f"; {stale} left running by the dead process are marked failed and run again" if stale else ""))
+    return Replay(entries)
 
 
 def _log_settings(p: PreparedSearch) -> None:
@@ -181,6 +266,10 @@ def _priors(p: PreparedSearch) -> Priors:
     from autoqra.trials.models import resolve_weights
 
     space = p.space
+    stored = p.run_dir / "priors.json"
+    if p.resumed is not None and stored.is_file():
+        log.info(f"priors: the run's own ({stored})")
+        return Priors.from_json(stored.read_text(), str(stored))
     if p.priors is not None:
         assert p.request.priors is not None
         p.priors.check_matches(p.spec.groups(space.granularity), resolve_weights(space.model).fingerprint,
@@ -201,8 +290,8 @@ def _priors(p: PreparedSearch) -> Priors:
     return priors
 
 
-def _evaluator(p: PreparedSearch) -> tuple[Evaluator, bool]:
-    from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
+def _evaluator_config(p: PreparedSearch) -> tuple[EvaluatorConfig, bool]:
+    from autoqra.trials.evaluator import EvaluatorConfig
 
     device, t = p.device, p.space.training
     # The memory objective is always the prediction for the budget's setup. On CUDA trials also use
@@ -215,40 +304,83 @@ def _evaluator(p: PreparedSearch) -> tuple[Evaluator, bool]:
     checkpoint_note = "on" if checkpointing else "off (it changes memory, not results; the memory objective " \
                                                  "still uses the budget setup)"
     log.info(f"  trials    on {device}, {t.compute_dtype}, {t.optimizer}, gradient checkpointing {checkpoint_note}")
-    return Evaluator(config), checkpointing
+    return config, checkpointing
 
 
-def _write_settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> dict[str, object]:
+def _runner(p: PreparedSearch, config: EvaluatorConfig) -> TrialRunner:
+    """The executor the request names: inline (an evaluator here), a local pool, or Ray tasks."""
+    from autoqra.executors.factories import TrialEvaluatorFactory
+
     r = p.request
-    settings = {
-        "model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task, "strategy": r.strategy,
-        "preset": asdict(p.preset), "budget": {"text": r.budget, "bytes": p.budget.bytes,
-                                              "explanation": p.budget.explanation},
-        "seed": r.seed, "time_limit_s": p.time_limit_s, "fidelity_costs": fidelity_costs(p.space.fidelities),
+    fidelities = dict(p.space.fidelities)
+    if r.executor == "inline":
+        from autoqra.executors.inline import InlineExecutor
+        from autoqra.trials.evaluator import Evaluator
+
+        log.info("  executor  inline: one trial at a time in this process")
+        return InlineExecutor(Evaluator(config), fidelities)
+    factory = TrialEvaluatorFactory(config)
+    if r.executor == "local":
+        import os
+
+        from autoqra.executors.local import LocalExecutor, plan_slots
+
+        gpus = _cuda_count() if p.device == "cuda" else 0
+        slots = plan_slots(r.workers, p.device, cpu_count=os.cpu_count() or 1, gpu_count=gpus,
+                           trials_per_gpu=r.trials_per_gpu)
+        where = (f"GPU {', '.join(sorted({s.cuda_device or '' for s in slots}))}" if p.device == "cuda"
+                 else f"{slots[0].threads} CPU thread(s) each")
+        log.info(f"  executor  local: {r.workers} spawned worker process(es), {where}")
+        return LocalExecutor(factory, fidelities, slots)
+    from autoqra.executors.ray_tasks import RayExecutor
+
+    if r.trials_per_gpu is not None:
+        raise AutoQRAError("--trials-per-gpu is for --executor local; Ray packs trials by predicted memory")
+    return RayExecutor(factory, fidelities, r.workers, address=r.ray_address, device=p.device)
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def _settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> dict[str, object]:
+    """settings.json: what the run was (a resume is checked against it and rebuilt from it)."""
+    from autoqra.service.run_store import shown
+
+    if p.resumed is not None:
+        return p.resumed
+    r = p.request
+    return {
+        **_core_settings(p), "time_limit_s": p.time_limit_s, "fidelity_costs": fidelity_costs(p.space.fidelities),
         "device": p.device, "trial_grad_checkpointing": checkpointing,
         "priors_file": "priors.json" if has_priors else None,
+        "run_id": p.run_id, "run_dir": str(p.run_dir.resolve()), "storage": shown(p.storage_url), "study": r.study,
+        "request": {"budget": r.budget, "model": r.model, "space": str(r.space), "task": r.task, "strategy": r.strategy,
+                    "preset": r.preset, "max_trials": r.max_trials, "final_top": r.final_top, "seed": r.seed,
+                    "priors": str(r.priors) if r.priors else None, "device": r.device},
     }
-    (p.run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    return settings
 
 
 def _ledger(p: PreparedSearch) -> Ledger:
-    from autoqra.store.ledger import Ledger, sqlite_url
+    from autoqra.store.ledger import Ledger
 
     codec = p.codec
     # the store's choices: the space's, plus the QLoRA reference the uniform baseline also runs
     labels = tuple(dict.fromkeys([*(f.label for f in codec.formats), QLORA_FORMAT.label]))
     ranks = tuple(sorted({*codec.ranks, REFERENCE_RANK}))
-    return Ledger(sqlite_url(p.run_dir), p.run_dir / "trials.jsonl", labels, ranks)
+    return Ledger(p.storage_url, p.run_dir / "trials.jsonl", labels, ranks, study_name=p.request.study,
+                  run_id=p.run_id)
 
 
-def _write_plots(run_dir: Path) -> list[str]:
+def _write_plots(run_dir: Path, storage_url: str, study: str) -> list[str]:
     """The run's plots (``plots/*.png``); a failure to draw is logged, never loses the run."""
     from autoqra.report.plots import write_plots
     from autoqra.report.run import load_run
 
     try:
-        paths = write_plots(load_run(run_dir), run_dir / "plots")
+        paths = write_plots(load_run(storage_url, study), run_dir / "plots")
     except Exception as exc:  # a by-product: a drawing failure is reported, never costs the finished run
         log.warning(f"plots: not written ({type(exc).__name__}: {exc}); `autoqra report {run_dir} --plot DIR` "
                     "retries them")
@@ -258,15 +390,17 @@ def _write_plots(run_dir: Path) -> list[str]:
 
 
 def _run_pipeline(p: PreparedSearch, utility: PriorUtility, sensitivity: np.ndarray | None,
-                  evaluator: Evaluator, ledger: Ledger) -> RunOutcome:
-    from autoqra.executors.inline import InlineExecutor
-
-    codec = p.codec
+                  runner: TrialRunner, ledger: Ledger, replay: Replay | None) -> RunOutcome:
     fidelities = dict(p.space.fidelities)
     pipeline = SearchPipeline(
-        codec=codec, utility=utility, runner=InlineExecutor(evaluator, fidelities), fidelities=fidelities,
-        ledger=ledger, sensitivity=sensitivity,
+        codec=p.codec, utility=utility, runner=runner, fidelities=fidelities, ledger=ledger, sensitivity=sensitivity,
         config=RunConfig(strategy=p.request.strategy, preset=p.preset, budget_bytes=p.budget.bytes,
                          seed=p.request.seed, time_limit_s=p.time_limit_s),
+        replay=replay,
     )
-    return pipeline.run()
+    run = pipeline.run()
+    if replay is not None:
+        left = f"; {replay.left} recorded trial(s) were not asked again" if replay.left else ""
+        log.info(f"resume: {pipeline.replayed_count} trial(s) replayed from the ledger, "
+                 f"{len(run.archive.items) - pipeline.replayed_count} run now{left}")
+    return run

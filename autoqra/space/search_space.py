@@ -143,7 +143,12 @@ def _presets() -> Traversable:
 
     try:
         return files(PRESET_PACKAGE)
-    except ModuleNotFoundError:  # an install that predates the presets' move into package data
+    except ModuleNotFoundError:
+        # the package imported from a source tree without the install's mapping (a Ray job's
+        # --working-dir copy, a git worktree): the presets are the checkout's search_spaces/ folder
+        checkout = Path(__file__).resolve().parents[2] / "search_spaces"
+        if checkout.is_dir():
+            return checkout
         raise SpaceError(f"the preset spaces ({PRESET_PACKAGE}) are not installed; reinstall autoqra "
                          "(`pip install -e .` in a checkout, or `make setup`)") from None
 

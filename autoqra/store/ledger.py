@@ -36,6 +36,7 @@ class LedgerEntry:
     stage: str
     fidelity: str
     number: int = -1  # the Optuna trial number (-1: not read from a study)
+    run_id: str = ""  # the run that recorded it ("" before run ids existed)
 
 
 def sqlite_url(run_dir: Path) -> str:
@@ -44,7 +45,7 @@ def sqlite_url(run_dir: Path) -> str:
 
 class Ledger:
     def __init__(self, storage_url: str, jsonl_path: Path | None, format_labels: tuple[str, ...],
-                 ranks: tuple[int, ...], study_name: str = STUDY_NAME) -> None:
+                 ranks: tuple[int, ...], study_name: str = STUDY_NAME, run_id: str = "") -> None:
         import optuna
         from optuna.distributions import CategoricalDistribution
 
@@ -54,13 +55,13 @@ class Ledger:
         except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or unreadable file
             raise StoreError(f"cannot open the trial store {storage_url}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        self._count = len(self.study.get_trials(deepcopy=False))  # trials recorded so far (one read at open)
-        if self._count == 0:  # a new study; an existing one (an older run directory) is only read
+        if not self.study.get_trials(deepcopy=False):  # a new study; an existing one keeps its metric names
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # set_metric_names is marked experimental
                 self.study.set_metric_names(METRIC_NAMES)
         self.storage_url = storage_url
         self.jsonl_path = jsonl_path
+        self.run_id = run_id  # marks this run's trials in a study several runs may write
         self._format = CategoricalDistribution(list(format_labels))
         self._rank = CategoricalDistribution(list(ranks))
         self._labels = set(format_labels)
@@ -77,39 +78,68 @@ class Ledger:
             params[f"{group.name}.rank"], dists[f"{group.name}.rank"] = group.rank, self._rank
         return params, dists
 
-    def record(self, result: TrialResult, *, predicted_peak_bytes: int, stage: str, fidelity: str,
-               brief: str | None = None) -> int:
-        """Write one result (Optuna first, then the JSONL line); returns the Optuna trial number.
-        ``brief`` is a one-line plan summary a person reads in optuna-dashboard."""
+    def start(self, plan: Plan, *, stage: str, fidelity: str, predicted_peak_bytes: int,
+              brief: str | None = None) -> int:
+        """Record a trial as RUNNING when it is submitted (a dead process leaves it so; a resume marks
+        it failed and runs it again); returns its storage id for :meth:`finish`."""
         import optuna
         from optuna.trial import TrialState
 
-        params, dists = self._params(result.plan)
+        params, dists = self._params(plan)
+        attrs = {"fidelity": fidelity, "stage": stage, "plan_hash": plan.plan_hash, "plan": brief or plan.plan_hash,
+                 "predicted_peak_bytes": predicted_peak_bytes, "run_id": self.run_id}
+        trial = optuna.trial.create_trial(params=params, distributions=dists, user_attrs=attrs, state=TrialState.RUNNING)
+        return int(self.study._storage.create_new_trial(self.study._study_id, template_trial=trial))
+
+    def finish(self, trial_id: int, result: TrialResult, *, predicted_peak_bytes: int, stage: str,
+               fidelity: str) -> int:
+        """Complete a started trial with its result (Optuna first, then the JSONL line); returns the
+        Optuna trial number."""
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
         ok = result.status is TrialStatus.OK and result.objective is not None
         attrs = {
-            "fidelity": fidelity, "status": result.status.value, "stage": stage, "plan_hash": result.plan.plan_hash,
-            "plan": brief or result.plan.plan_hash,
-            "predicted_peak_bytes": predicted_peak_bytes, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
+            "status": result.status.value, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
             "measured_peak_bytes": result.measured_peak_bytes, "measured_static_bytes": result.measured_static_bytes,
             "peak_rss_bytes": result.peak_rss_bytes, "metric_name": result.metric_name,
             "eval_loss": result.metrics.eval_loss, "accuracy": result.metrics.accuracy, "seed": result.seed,
             "seconds": result.phases.model_dump(), "device": result.device, "error": result.error,
             "result": result.model_dump(mode="json"),
         }
-        trial = optuna.trial.create_trial(
-            params=params, distributions=dists, user_attrs=attrs,
-            values=[float(result.objective), float(predicted_peak_bytes)] if ok else None,
-            state=TrialState.COMPLETE if ok else TrialState.FAIL,
-        )
-        self.study.add_trial(trial)
-        number = self._count
-        self._count += 1
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                                       values=[float(result.objective), float(predicted_peak_bytes)] if ok else None)
+        number = int(storage.get_trial_number_from_id(trial_id))
         if self.jsonl_path is not None:
             line = {"number": number, "stage": stage, "fidelity": fidelity, "predicted_peak_bytes": predicted_peak_bytes,
                     "result": result.model_dump(mode="json")}
             with self.jsonl_path.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
         return number
+
+    def record(self, result: TrialResult, *, predicted_peak_bytes: int, stage: str, fidelity: str,
+               brief: str | None = None) -> int:
+        """Write one finished result at once (:meth:`start` then :meth:`finish`); returns the trial number.
+        ``brief`` is a one-line plan summary a person reads in optuna-dashboard."""
+        trial_id = self.start(result.plan, stage=stage, fidelity=fidelity, predicted_peak_bytes=predicted_peak_bytes,
+                              brief=brief)
+        return self.finish(trial_id, result, predicted_peak_bytes=predicted_peak_bytes, stage=stage, fidelity=fidelity)
+
+    def fail_running(self, reason: str) -> int:
+        """Mark this run's trials left RUNNING (by a process that died) as failed; returns how many.
+        Trials of other runs writing the same study are left alone."""
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        count = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("run_id") == self.run_id:
+                storage.set_trial_user_attr(t._trial_id, "error", reason)
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                count += 1
+        return count
 
     def set_run_info(self, key: str, value: Any) -> None:
         """Keep a run-level JSON value (``settings``, ``priors``, ``summary``) with the study, so a run
@@ -122,6 +152,28 @@ class Ledger:
 
 
 RUN_INFO_PREFIX = "autoqra."
+
+
+class Replay:
+    """Results recorded before a crash, handed back when the resumed search asks the same trial
+    (same plan, fidelity and derived seed), each at most once, so no finished trial runs again."""
+
+    def __init__(self, entries: list[LedgerEntry]) -> None:
+        from collections import defaultdict, deque
+
+        self._results: dict[tuple[str, str, int], deque[TrialResult]] = defaultdict(deque)
+        for e in entries:
+            self._results[(e.result.plan.plan_hash, e.fidelity, e.result.seed)].append(e.result)
+        self.total = len(entries)
+
+    def take(self, plan_hash: str, fidelity: str, seed: int) -> TrialResult | None:
+        queue = self._results.get((plan_hash, fidelity, seed))
+        return queue.popleft() if queue else None
+
+    @property
+    def left(self) -> int:
+        """Recorded results no stage asked for again (a pool's completion order may differ)."""
+        return sum(len(q) for q in self._results.values())
 
 
 def open_study(storage_url: str, study_name: str = STUDY_NAME) -> Any:
@@ -163,5 +215,5 @@ def study_entries(study: Any, storage_url: str) -> list[LedgerEntry]:
             raise StoreError(f"trial {t.number} of {storage_url} is not an autoqra trial result: "
                              f"{str(exc).splitlines()[0]}") from None
         out.append(LedgerEntry(result=result, predicted_peak_bytes=int(peak), stage=str(attrs["stage"]),
-                               fidelity=str(attrs["fidelity"]), number=t.number))
+                               fidelity=str(attrs["fidelity"]), number=t.number, run_id=str(attrs.get("run_id", ""))))
     return out

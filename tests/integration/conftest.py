@@ -70,3 +70,60 @@ def autoqra_run(env, small_space, tmp_path_factory):
     proc = run_cli(env, "search", "--budget", "qlora", "--space", small_space, "--max-trials", "12", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out
+
+
+# -- services: a real PostgreSQL server and a real Ray head ----------------------------------------
+PG_URL = "postgresql://autoqra_test:autoqra_test@127.0.0.1:5432/autoqra_test"  # what .ci/postgres.sh creates
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The PostgreSQL server of .ci/postgres.sh (or AUTOQRA_TEST_PG_URL); a test that needs it fails
+    when it is down, with the command that starts it."""
+    import os
+
+    from autoqra.service.run_store import check_reachable, normalize_url
+    from autoqra.store.ledger import StoreError
+
+    url = os.environ.get("AUTOQRA_TEST_PG_URL", PG_URL)
+    try:
+        check_reachable(normalize_url(url))
+    except StoreError as exc:
+        pytest.fail(f"PostgreSQL is not running for the tests ({exc}); start it with `bash .ci/postgres.sh`")
+    return url
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(env, tmp_path_factory):
+    """A real local Ray head (127.0.0.1 only, 2 CPUs, jobs API on a dashboard port), stopped at the end.
+    Its processes see the test session's environment (the cache, offline, this venv's python first)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port, dashboard = _free_port(), _free_port()
+    bindir = str(Path(sys.executable).parent)
+    ray_env = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+               "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
+    temp = tmp_path_factory.mktemp("ray")
+    start = subprocess.run(
+        [str(Path(bindir) / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=ray_env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": ray_env}
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    subprocess.run([str(Path(bindir) / "ray"), "stop", "--force"], env=ray_env, capture_output=True, timeout=120)
