@@ -37,13 +37,17 @@ estimate: $(STAMP)
 trial: $(STAMP)
 	$(PY) -m autoqra trial --format nf4 --double-quant --rank 16 --fidelity micro
 
+# The tests use a real PostgreSQL server (installed from Debian's packages and started by
+# .ci/postgres.sh, as root) and start and stop a real local Ray head themselves.
 test: $(STAMP)
+	bash .ci/postgres.sh >/dev/null
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) experiments/estimate_speed.py
 	$(PY) experiments/trial_bench.py
 	$(PY) experiments/synthetic_strategies.py
+	$(PY) experiments/executor_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -22,7 +22,8 @@ for _ in $(seq 30); do
 done
 psql_as_postgres() { runuser -u postgres -- psql -q -p 5432 -d postgres -tAc "$1"; }  # peer auth on the local socket
 [ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname='autoqra_test'")" = 1 ] ||
-    psql_as_postgres "CREATE ROLE autoqra_test LOGIN PASSWORD 'autoqra_test'"
+    psql_as_postgres "CREATE ROLE autoqra_test LOGIN CREATEDB PASSWORD 'autoqra_test'"
+psql_as_postgres "ALTER ROLE autoqra_test CREATEDB"  # the tests make a fresh database per session
 [ "$(psql_as_postgres "SELECT 1 FROM pg_database WHERE datname='autoqra_test'")" = 1 ] ||
     psql_as_postgres "CREATE DATABASE autoqra_test OWNER autoqra_test"
 echo "postgresql://autoqra_test:autoqra_test@127.0.0.1:5432/autoqra_test"

@@ -165,6 +165,9 @@ _RESULT_COMMANDS = {
               "Train a plan (e.g. a search's plan.json) on the trial engine at a fidelity of the space (default "
               "final), with a progress bar and held-out evaluations, and save the LoRA adapter (PEFT) that loads "
               "onto autoqra.load_quantized(model, plan)."),
+    "submit": ("submit", "submit a search to a Ray cluster as a Ray job, stream its logs, exit with its status",
+               "Run `python -m autoqra search ...` on a Ray cluster through the Ray Jobs SDK (this folder is the "
+               "job's working directory); the search's --executor ray then uses the whole cluster."),
 }
 
 

@@ -72,12 +72,13 @@ def study_settings(url: str, study: str) -> dict[str, Any] | None:
     StoreError for a study of another kind (trials but no autoqra settings)."""
     import optuna
 
-    from autoqra.store.ledger import run_info
+    from autoqra.store.ledger import rdb_storage, run_info
 
-    names = {s.study_name for s in optuna.study.get_all_study_summaries(storage=url, include_best_trial=False)}
+    storage = rdb_storage(url)
+    names = {s.study_name for s in optuna.study.get_all_study_summaries(storage=storage, include_best_trial=False)}
     if study not in names:
         return None
-    loaded = optuna.load_study(study_name=study, storage=url)
+    loaded = optuna.load_study(study_name=study, storage=storage)
     settings = run_info(loaded).get("settings")
     if settings is None:
         if loaded.get_trials(deepcopy=False):

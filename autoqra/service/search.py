@@ -115,6 +115,7 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
         priors = read_priors_file(request.priors, spec, space.granularity, local_fingerprint(space.model))
     elif request.strategy in STRATEGIES_WITH_PRIORS:
         lowest_quantized(space, spec)
+    _check_executor(request, device)
     storage_url, resumed, run_dir, run_id = _storage_and_run(request)
     prepared = PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
                               time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
@@ -122,6 +123,21 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
                               storage_url=storage_url, run_id=run_id, resumed=resumed)
     _check_against_study(prepared)
     return prepared
+
+
+def _check_executor(request: SearchRequest, device: str) -> None:
+    """Executor input that can be checked without starting workers: slots, the Ray head's port."""
+    if request.executor == "local":
+        import os
+
+        from autoqra.executors.local import plan_slots
+
+        plan_slots(request.workers, device, cpu_count=os.cpu_count() or 1,
+                   gpu_count=_cuda_count() if device == "cuda" else 0, trials_per_gpu=request.trials_per_gpu)
+    if request.executor == "ray" and request.ray_address not in (None, "auto"):
+        from autoqra.executors.ray_tasks import check_reachable
+
+        check_reachable(request.ray_address)
 
 
 def _storage_and_run(request: SearchRequest) -> tuple[str, dict[str, Any] | None, Path, str]:
@@ -336,7 +352,11 @@ def _runner(p: PreparedSearch, config: EvaluatorConfig) -> TrialRunner:
 
     if r.trials_per_gpu is not None:
         raise AutoQRAError("--trials-per-gpu is for --executor local; Ray packs trials by predicted memory")
-    return RayExecutor(factory, fidelities, r.workers, address=r.ray_address, device=p.device)
+    import os
+
+    # inside a Ray job (autoqra submit, ray job submit) RAY_ADDRESS names the job's cluster: join it
+    address = r.ray_address or os.environ.get("RAY_ADDRESS") or None
+    return RayExecutor(factory, fidelities, r.workers, address=address, device=p.device)
 
 
 def _cuda_count() -> int:

@@ -43,6 +43,24 @@ def sqlite_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'trials.db').resolve()}"
 
 
+def rdb_storage(url: str) -> Any:
+    """Optuna's RDB storage of ``url``. Two searches that start at once on a new database both create
+    Optuna's schema, and the loser's CREATE fails on the winner's tables; it retries and then finds them."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == 4 or url.startswith("sqlite"):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class Ledger:
     def __init__(self, storage_url: str, jsonl_path: Path | None, format_labels: tuple[str, ...],
                  ranks: tuple[int, ...], study_name: str = STUDY_NAME, run_id: str = "") -> None:
@@ -50,7 +68,7 @@ class Ledger:
         from optuna.distributions import CategoricalDistribution
 
         try:
-            self.study = optuna.create_study(storage=storage_url, study_name=study_name,
+            self.study = optuna.create_study(storage=rdb_storage(storage_url), study_name=study_name,
                                              directions=["maximize", "minimize"], load_if_exists=True)
         except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or unreadable file
             raise StoreError(f"cannot open the trial store {storage_url}: {type(exc).__name__}: "

@@ -78,19 +78,30 @@ PG_URL = "postgresql://autoqra_test:autoqra_test@127.0.0.1:5432/autoqra_test"  #
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """The PostgreSQL server of .ci/postgres.sh (or AUTOQRA_TEST_PG_URL); a test that needs it fails
-    when it is down, with the command that starts it."""
+    """A fresh database on the PostgreSQL server of .ci/postgres.sh (or AUTOQRA_TEST_PG_URL), dropped at
+    the end; a test that needs it fails when the server is down, with the command that starts it."""
     import os
+    import uuid
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
 
     from autoqra.service.run_store import check_reachable, normalize_url
     from autoqra.store.ledger import StoreError
 
-    url = os.environ.get("AUTOQRA_TEST_PG_URL", PG_URL)
+    server = normalize_url(os.environ.get("AUTOQRA_TEST_PG_URL", PG_URL))
     try:
-        check_reachable(normalize_url(url))
+        check_reachable(server)
     except StoreError as exc:
         pytest.fail(f"PostgreSQL is not running for the tests ({exc}); start it with `bash .ci/postgres.sh`")
-    return url
+    name = f"autoqra_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def _free_port() -> int:
