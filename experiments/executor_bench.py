@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def utilisation(workers: int, time_scale: float, max_cost: float) -> dict[str, Any]:
+def utilisation(workers: int, time_scale: float, max_cost: float, preset_name: str) -> dict[str, Any]:
     from autoqra.executors.base import TrialRequest
     from autoqra.executors.factories import PacedEvaluator, SyntheticEvaluatorFactory
     from autoqra.executors.local import LocalExecutor, plan_slots
@@ -51,7 +51,7 @@ def utilisation(workers: int, time_scale: float, max_cost: float) -> dict[str, A
     for _ in range(workers):
         executor.next_result()
     started = time.perf_counter()
-    outcome, _ = synthetic_search(executor, factory, max_cost=max_cost)
+    outcome, _ = synthetic_search(executor, factory, max_cost=max_cost, preset_name=preset_name)
     wall = time.perf_counter() - started
     pacer = PacedEvaluator(problem.evaluator, time_scale)
     busy = sum(pacer.duration(e.ask.fidelity, e.result.seed) for e in outcome.archive.items)
@@ -133,8 +133,10 @@ def overhead(kind: str, trials: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="parts to run (default: all)")
-    parser.add_argument("--time-scale", type=float, default=0.1, help="(a) trial durations x this (default 0.1)")
-    parser.add_argument("--max-cost", type=float, default=12.0, help="(a) the search's trial budget (default 12)")
+    parser.add_argument("--time-scale", type=float, default=0.5, help="(a) trial durations x this (default 0.5)")
+    parser.add_argument("--preset", default="standard", help="(a) the search's preset (default standard)")
+    parser.add_argument("--max-cost", type=float, default=48.0, help="(a) the search's trial budget (default 48, "
+                        "the standard preset's)")
     parser.add_argument("--micro-trials", type=int, default=4, help="(b) timed micro trials (default 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "executor_bench.json")
     args = parser.parse_args()
@@ -142,11 +144,12 @@ def main() -> int:
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     if "a" in parts:
-        rows = [utilisation(w, args.time_scale, args.max_cost) for w in (1, 2, 4)]
+        rows = [utilisation(w, args.time_scale, args.max_cost, args.preset) for w in (4, 2, 1)][::-1]
         for r in rows:
             print(f"(a) {r['workers']} worker(s): {r['trials']} trials, {r['trial_s']:.1f} s of trials in "
                   f"{r['wall_s']:.1f} s wall -> utilisation {100 * r['utilisation']:.1f}%", flush=True)
-        results["utilisation"] = {"time_scale": args.time_scale, "max_cost": args.max_cost, "rows": rows}
+        results["utilisation"] = {"time_scale": args.time_scale, "preset": args.preset, "max_cost": args.max_cost,
+                                  "rows": rows}
     if "b" in parts:
         rows = [micro_wall(w, args.micro_trials) for w in (1, 2)]
         ratio = rows[0]["wall_s"] / rows[1]["wall_s"]

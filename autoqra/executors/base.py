@@ -63,6 +63,17 @@ class ExecutorError(AutoQRAError):
     """An executor that cannot start or lost its workers (one line for the user)."""
 
 
+def quiet_worker() -> None:
+    """A worker prints no per-trial progress bars or library chatter (the search reports its trials)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def failed_result(request: TrialRequest, fidelity: Fidelity, task: str, error: str) -> TrialResult:
     """The result recorded for a trial no worker could finish (the worker died on each attempt)."""
     return TrialResult(

@@ -23,11 +23,12 @@ from typing import Any
 
 from autoqra.domain import Fidelity, TrialResult
 from autoqra.errors import AutoQRAError
-from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result
+from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result, quiet_worker
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a trial whose worker died is retried once
+MAX_BARREN = 3  # a slot whose workers die this often in a row without a result stops the search
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,23 @@ def _worker_main(factory: EvaluatorFactory, fidelities: dict[str, Fidelity], slo
 
     torch.set_num_threads(slot.threads)
     try:
+        quiet_worker()
         evaluator = factory.build()
     except BaseException as exc:  # reported to the search, which stops with it
         conn.send(("error", None, _describe(exc), exc if isinstance(exc, AutoQRAError) else None))
         return
-    while True:
-        request = conn.recv()
-        if request is None:
-            return
-        try:
+    key = None
+    try:
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            key = request.key
             result = evaluator.evaluate(request.plan, fidelities[request.fidelity], request.seed)
-        except BaseException as exc:  # a setup or programming error: the search stops with it
-            conn.send(("error", request.key, _describe(exc), exc if isinstance(exc, AutoQRAError) else None))
-            return
-        conn.send(("result", request.key, result, None))
+            conn.send(("result", request.key, result, None))
+            key = None
+    except BaseException as exc:  # a setup or programming error: the search stops with it
+        conn.send(("error", key, _describe(exc), exc if isinstance(exc, AutoQRAError) else None))
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,6 +100,7 @@ class _Worker:
     def __init__(self, process: Any, conn: Connection, slot: WorkerSlot) -> None:
         self.process, self.conn, self.slot = process, conn, slot
         self.request: TrialRequest | None = None
+        self.results = 0  # trials this process finished
 
 
 def _death_reason(exitcode: int | None) -> str:
@@ -119,6 +124,7 @@ class LocalExecutor:
         self._attempts: dict[int, int] = {}
         self._pool = [self._start(slot) for slot in slots]
         self.replaced = 0  # workers restarted after a death (reported by the benchmark and tests)
+        self._barren: dict[int, int] = {}  # slot -> workers in a row that died before finishing a trial
 
     @property
     def workers(self) -> int:
@@ -159,6 +165,10 @@ class LocalExecutor:
 
     def next_result(self) -> tuple[TrialRequest, TrialResult]:
         while True:
+            for worker in list(self._pool):  # idle workers that died since: replaced before dispatching
+                if worker.request is None and not worker.process.is_alive():
+                    self._drain_error(worker)
+                    self._replace(worker)
             self._dispatch()
             busy = [w for w in self._pool if w.request is not None]
             if not busy:
@@ -174,6 +184,8 @@ class LocalExecutor:
                         request = worker.request
                         assert request is not None and request.key == key
                         worker.request = None
+                        worker.results += 1
+                        self._barren.pop(worker.slot.index, None)
                         self._attempts.pop(key, None)
                         return request, payload
                     if kind == "error":
@@ -186,11 +198,30 @@ class LocalExecutor:
                     if failed is not None:
                         return failed
 
+    def _drain_error(self, worker: _Worker) -> None:
+        """An error the dead worker reported before it exited is raised (the search stops with it)."""
+        if worker.conn.poll():
+            try:
+                kind, _, payload, exc = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "error":
+                self.close()
+                if exc is not None:
+                    raise exc
+                raise RuntimeError(f"a worker process failed:\n{payload}")
+
     def _replace(self, worker: _Worker) -> tuple[TrialRequest, TrialResult] | None:
         """A worker died: start another in its slot; retry its trial once, then record it as failed."""
         worker.process.join()
         reason = _death_reason(worker.process.exitcode)
         worker.conn.close()
+        if worker.results == 0:
+            self._barren[worker.slot.index] = self._barren.get(worker.slot.index, 0) + 1
+            if self._barren[worker.slot.index] > MAX_BARREN:
+                self.close()
+                raise ExecutorError(f"worker processes keep dying before finishing a trial ({reason}, "
+                                    f"{MAX_BARREN + 1} in a row); see the log above")
         self._pool[self._pool.index(worker)] = self._start(worker.slot)
         self.replaced += 1
         request = worker.request

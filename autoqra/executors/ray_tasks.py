@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from autoqra.domain import Fidelity, TrialResult
-from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result
+from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result, quiet_worker
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def _run_trial(factory: EvaluatorFactory, fidelity: Fidelity, request: TrialRequ
     torch.set_num_threads(max(1, threads))
     evaluator = _EVALUATORS.get(factory)
     if evaluator is None:
+        quiet_worker()
         evaluator = _EVALUATORS[factory] = factory.build()
     return evaluator.evaluate(request.plan, fidelity, request.seed)
 
@@ -137,8 +138,8 @@ class RayExecutor:
 
     def submit(self, request: TrialRequest) -> None:
         options = self.resources(request)
-        ref = self._remote.options(max_retries=MAX_RETRIES, retry_exceptions=False, **options).remote(self.factory, self.fidelities[request.fidelity], request,
-                                                     int(options["num_cpus"]))
+        task = self._remote.options(max_retries=MAX_RETRIES, retry_exceptions=False, **options)
+        ref = task.remote(self.factory, self.fidelities[request.fidelity], request, int(options["num_cpus"]))
         self._inflight[ref] = request
 
     def next_result(self) -> tuple[TrialRequest, TrialResult]:

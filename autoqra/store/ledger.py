@@ -116,7 +116,8 @@ class Ledger:
         from optuna.trial import TrialState
 
         storage = self.study._storage
-        ok = result.status is TrialStatus.OK and result.objective is not None
+        objective = result.objective if result.status is TrialStatus.OK else None
+        ok = objective is not None
         attrs = {
             "status": result.status.value, "trial_predicted_peak_bytes": result.predicted_peak_bytes,
             "measured_peak_bytes": result.measured_peak_bytes, "measured_static_bytes": result.measured_static_bytes,
@@ -128,7 +129,7 @@ class Ledger:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE if ok else TrialState.FAIL,
-                                       values=[float(result.objective), float(predicted_peak_bytes)] if ok else None)
+                                       values=[objective, float(predicted_peak_bytes)] if objective is not None else None)
         number = int(storage.get_trial_number_from_id(trial_id))
         if self.jsonl_path is not None:
             line = {"number": number, "stage": stage, "fidelity": fidelity, "predicted_peak_bytes": predicted_peak_bytes,
