@@ -146,7 +146,7 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     store = srch.add_argument_group("where trials are kept")
     store.add_argument("--storage", help="SQLAlchemy URL of the trial store, e.g. postgresql://user@host:5432/db "
                        "(default: sqlite in the run directory)")
-    store.add_argument("--study", default="autoqra", help="study name in the store (default: autoqra)")
+    store.add_argument("--study", help="study name in the store (default: autoqra; on --resume the run's)")
     store.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN (or at storage URL RUN): "
                        "finished trials come from its ledger, the rest runs; its settings are used")
 

@@ -19,11 +19,12 @@ DEFAULTS: dict[str, Any] = {"space": "default", "preset": "quick", "strategy": "
 def request_from_args(args: argparse.Namespace) -> SearchRequest:
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
     execution = {"time_limit": args.time_limit, "executor": args.executor, "workers": args.workers,
-                 "trials_per_gpu": args.trials_per_gpu, "ray_address": args.ray_address, "study": args.study}
+                 "trials_per_gpu": args.trials_per_gpu, "ray_address": args.ray_address}
     if args.resume is None:
         if "budget" not in given:
             raise AutoQRAError("search needs --budget (e.g. --budget 16GB or --budget qlora), or --resume RUN")
-        return SearchRequest(**{**DEFAULTS, **given}, **execution, storage=args.storage, out=args.out)
+        return SearchRequest(**{**DEFAULTS, **given}, **execution, storage=args.storage, out=args.out,
+                             study=args.study or "autoqra")
     return _resume_request(args, given, execution)
 
 
@@ -36,7 +37,9 @@ def _resume_request(args: argparse.Namespace, given: dict[str, Any], execution: 
     url = run_store.normalize_url(storage) if storage else None
     if url is not None:
         run_store.check_reachable(url)
-    stored = run_store.stored_settings(out, url, args.study)["request"]
+    settings = run_store.stored_settings(out, url, args.study or "autoqra")
+    stored = settings["request"]
+    study = args.study or settings.get("study") or "autoqra"
     for key, value in given.items():
         before = stored.get(key)
         if str(value) != str(before):
@@ -44,7 +47,7 @@ def _resume_request(args: argparse.Namespace, given: dict[str, Any], execution: 
                                f"{before if before is not None else '(unset)'}, not {value}; leave it out to resume")
     request = {k: stored.get(k) for k in RUN_OPTIONS}
     return SearchRequest(**{**DEFAULTS, **{k: v for k, v in request.items() if v is not None}}, **execution,
-                         storage=storage, out=out, resume=True)
+                         storage=storage, out=out, resume=True, study=study)
 
 
 def run_search_command(args: argparse.Namespace) -> int:

@@ -41,8 +41,12 @@ class WorkerSlot:
 
 
 def plan_slots(workers: int, device: str, *, cpu_count: int, gpu_count: int = 0,
-               trials_per_gpu: int | None = None) -> list[WorkerSlot]:
-    """Split the machine between ``workers``: cores evenly; GPUs round-robin, ``trials_per_gpu`` each."""
+               trials_per_gpu: int | None = None, fit_per_gpu: int = 1) -> list[WorkerSlot]:
+    """Split the machine between ``workers``: cores evenly; GPUs round-robin, ``trials_per_gpu`` each.
+
+    Without ``trials_per_gpu`` a GPU takes as many workers as ``fit_per_gpu`` says fit (the GPU's
+    memory over the budget with 25% headroom: every plan of the search peaks within the budget),
+    at least one."""
     if workers < 1:
         raise ExecutorError(f"--workers {workers}: at least one worker is needed")
     threads = max(1, cpu_count // workers)
@@ -50,14 +54,19 @@ def plan_slots(workers: int, device: str, *, cpu_count: int, gpu_count: int = 0,
         if trials_per_gpu is not None:
             raise ExecutorError("--trials-per-gpu applies to CUDA trials; this search runs on the CPU")
         return [WorkerSlot(i, threads) for i in range(workers)]
-    per_gpu = trials_per_gpu or 1
     if gpu_count < 1:
         raise ExecutorError("no CUDA device is visible to run trials on")
+    per_gpu = trials_per_gpu or max(1, fit_per_gpu)
     if workers > gpu_count * per_gpu:
-        raise ExecutorError(f"--workers {workers} needs {-(-workers // per_gpu)} GPU(s) at {per_gpu} trial(s) per GPU, "
-                            f"but {gpu_count} {'is' if gpu_count == 1 else 'are'} visible; lower --workers or raise "
-                            "--trials-per-gpu")
+        how = f"{per_gpu} trial(s) per GPU" + ("" if trials_per_gpu else " (what fits the budget)")
+        raise ExecutorError(f"--workers {workers} needs {-(-workers // per_gpu)} GPU(s) at {how}, but {gpu_count} "
+                            f"{'is' if gpu_count == 1 else 'are'} visible; lower --workers or set --trials-per-gpu")
     return [WorkerSlot(i, threads, str(i % gpu_count)) for i in range(workers)]
+
+
+def fit_per_gpu(gpu_bytes: int, budget_bytes: int, headroom: float = 1.25) -> int:
+    """Trials of a search under ``budget_bytes`` that fit one GPU of ``gpu_bytes`` side by side."""
+    return max(1, int(gpu_bytes // (headroom * budget_bytes)))
 
 
 def _worker_main(factory: EvaluatorFactory, fidelities: dict[str, Fidelity], slot: WorkerSlot,

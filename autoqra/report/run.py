@@ -160,8 +160,32 @@ def storage_of(source: str | Path) -> tuple[str, Path | None]:
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a directory (give a run directory or a storage URL)")
     if not (run_dir / "trials.db").is_file():
+        elsewhere = _settings_storage(run_dir)
+        if elsewhere is not None:
+            return elsewhere, run_dir
         raise RunError(f"{run_dir} is not an autoqra run directory: it has no trials.db")
     return sqlite_url(run_dir), run_dir
+
+
+def _settings_value(run_dir: Path | None, key: str) -> str | None:
+    """A string of a run directory's settings.json (``storage``, ``study``: the search's options)."""
+    path = run_dir / "settings.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def _settings_storage(run_dir: Path) -> str | None:
+    """The --storage URL of a run directory whose trials live in a database (None: no such URL)."""
+    stored = _settings_value(run_dir, "storage")
+    if stored is not None and "***" in stored:
+        raise RunError(f"{run_dir} keeps its trials at {stored} (the password is not written down); give the "
+                       "URL instead of the run directory, with --study")
+    return stored
 
 
 def load_run(source: str | Path, study: str | None = None) -> Run:
@@ -171,7 +195,7 @@ def load_run(source: str | Path, study: str | None = None) -> Run:
 
     text = str(source)
     url, run_dir = storage_of(source)
-    handle = open_study(url, study or STUDY_NAME)
+    handle = open_study(url, study or _settings_value(run_dir, "study") or STUDY_NAME)
     info = run_info(handle)
 
     def recorded(key: str) -> Any:

@@ -16,26 +16,12 @@ from typing import Any
 
 from autoqra.errors import AutoQRAError
 from autoqra.store.ledger import StoreError, sqlite_url
+from autoqra.store.ledger import normalize_url as normalize_url  # re-exported for the service's callers
 
 #: settings a second search writing the same study must share (its trials are compared with ours)
 JOIN_KEYS = ("model", "task", "space", "budget_bytes")
 #: settings a resume must share: the search is replayed from them
 RESUME_KEYS = (*JOIN_KEYS, "strategy", "seed", "preset")
-
-
-def normalize_url(url: str) -> str:
-    """``url`` checked as a database URL; ``postgresql://`` gets the pinned psycopg driver."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"--storage {url!r} is not a database URL (e.g. postgresql://user@host:5432/db or "
-                         "sqlite:///path/trials.db)") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
 
 
 def shown(url: str) -> str:
@@ -99,13 +85,31 @@ def stored_settings(run_dir: Path | None, url: str | None, study: str) -> dict[s
             settings = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise AutoQRAError(f"--resume {run_dir}: cannot read settings.json ({exc})") from None
-        if url is None and not (run_dir / "trials.db").is_file():
+        if url is None and not (run_dir / "trials.db").is_file() and not _elsewhere(settings, run_dir):
             raise AutoQRAError(f"--resume {run_dir}: the run has no trial store (trials.db) to resume from")
     if settings is None:
         raise AutoQRAError(f"--resume: no autoqra run in study {study!r} at {shown(url or '')}")
     if "request" not in settings or "run_id" not in settings:
         raise AutoQRAError("--resume: the run was written by an autoqra without resume support; start a new run")
     return settings
+
+
+def _elsewhere(settings: dict[str, Any], run_dir: Path) -> bool:
+    """Whether the run keeps its trials in a store other than its run directory's SQLite file."""
+    stored = settings.get("storage")
+    return bool(stored) and stored != shown(default_url(run_dir))
+
+
+def resume_storage(settings: dict[str, Any], run_dir: Path | None) -> str | None:
+    """The store a resumed run directory names in settings.json (None: its own trials.db). A URL whose
+    password was not written down has to be given again."""
+    if run_dir is None or not _elsewhere(settings, run_dir):
+        return None
+    stored = str(settings["storage"])
+    if "***" in stored:
+        raise AutoQRAError(f"--resume {run_dir}: the run keeps its trials at {stored}; settings.json does not "
+                           "hold the password, so give the URL again with --storage")
+    return stored
 
 
 def run_key(settings: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from autoqra.executors.base import TrialRunner
+    from autoqra.executors.local import WorkerSlot
     from autoqra.store.ledger import Ledger, Replay
     from autoqra.trials.evaluator import EvaluatorConfig
 
@@ -115,7 +116,7 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
         priors = read_priors_file(request.priors, spec, space.granularity, local_fingerprint(space.model))
     elif request.strategy in STRATEGIES_WITH_PRIORS:
         lowest_quantized(space, spec)
-    _check_executor(request, device)
+    _check_executor(request, device, budget.bytes)
     storage_url, resumed, run_dir, run_id = _storage_and_run(request)
     prepared = PreparedSearch(request=request, space=space, spec=spec, task=task, preset=chosen,
                               time_limit_s=parse_duration(request.time_limit) if request.time_limit else None,
@@ -125,15 +126,10 @@ def prepare_search(request: SearchRequest) -> PreparedSearch:
     return prepared
 
 
-def _check_executor(request: SearchRequest, device: str) -> None:
+def _check_executor(request: SearchRequest, device: str, budget_bytes: int) -> None:
     """Executor input that can be checked without starting workers: slots, the Ray head's port."""
     if request.executor == "local":
-        import os
-
-        from autoqra.executors.local import plan_slots
-
-        plan_slots(request.workers, device, cpu_count=os.cpu_count() or 1,
-                   gpu_count=_cuda_count() if device == "cuda" else 0, trials_per_gpu=request.trials_per_gpu)
+        _slots(request, device, budget_bytes)
     if request.executor == "ray" and request.ray_address not in (None, "auto"):
         from autoqra.executors.ray_tasks import check_reachable
 
@@ -151,6 +147,11 @@ def _storage_and_run(request: SearchRequest) -> tuple[str, dict[str, Any] | None
         run_store.check_reachable(url)
     if request.resume:
         stored = run_store.stored_settings(request.out, url, request.study)
+        if url is None:
+            elsewhere = run_store.resume_storage(stored, request.out)  # the run's trials live in a database
+            if elsewhere is not None:
+                url = run_store.normalize_url(elsewhere)
+                run_store.check_reachable(url)
         run_dir = request.out or Path(stored.get("run_dir") or "")
         if not str(run_dir) or run_dir == Path():
             raise AutoQRAError("--resume: the run's directory is unknown; give it with --out")
@@ -337,13 +338,9 @@ def _runner(p: PreparedSearch, config: EvaluatorConfig) -> TrialRunner:
         return InlineExecutor(Evaluator(config), fidelities)
     factory = TrialEvaluatorFactory(config)
     if r.executor == "local":
-        import os
+        from autoqra.executors.local import LocalExecutor
 
-        from autoqra.executors.local import LocalExecutor, plan_slots
-
-        gpus = _cuda_count() if p.device == "cuda" else 0
-        slots = plan_slots(r.workers, p.device, cpu_count=os.cpu_count() or 1, gpu_count=gpus,
-                           trials_per_gpu=r.trials_per_gpu)
+        slots = _slots(r, p.device, p.budget.bytes)
         where = (f"GPU {', '.join(sorted({s.cuda_device or '' for s in slots}))}" if p.device == "cuda"
                  else f"{slots[0].threads} CPU thread(s) each")
         log.info(f"  executor  local: {r.workers} spawned worker process(es), {where}")
@@ -359,10 +356,22 @@ def _runner(p: PreparedSearch, config: EvaluatorConfig) -> TrialRunner:
     return RayExecutor(factory, fidelities, r.workers, address=address, device=p.device)
 
 
-def _cuda_count() -> int:
-    import torch
+def _slots(r: SearchRequest, device: str, budget_bytes: int) -> list[WorkerSlot]:
+    """The local pool's hardware split; on CUDA as many workers per GPU as the budget fits, unless
+    --trials-per-gpu says."""
+    import os
 
-    return int(torch.cuda.device_count())
+    from autoqra.executors.local import fit_per_gpu, plan_slots
+
+    gpus, fit = 0, 1
+    if device == "cuda":
+        import torch
+
+        gpus = int(torch.cuda.device_count())
+        if gpus:
+            fit = fit_per_gpu(int(torch.cuda.get_device_properties(0).total_memory), budget_bytes)
+    return plan_slots(r.workers, device, cpu_count=os.cpu_count() or 1, gpu_count=gpus,
+                      trials_per_gpu=r.trials_per_gpu, fit_per_gpu=fit)
 
 
 def _settings(p: PreparedSearch, checkpointing: bool, has_priors: bool) -> dict[str, object]:

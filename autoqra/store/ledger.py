@@ -39,6 +39,21 @@ class LedgerEntry:
     run_id: str = ""  # the run that recorded it ("" before run ids existed)
 
 
+def normalize_url(url: str) -> str:
+    """``url`` checked as a database URL; ``postgresql://`` gets the pinned psycopg driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"--storage {url!r} is not a database URL (e.g. postgresql://user@host:5432/db or "
+                         "sqlite:///path/trials.db)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
 def sqlite_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'trials.db').resolve()}"
 
@@ -200,6 +215,7 @@ def open_study(storage_url: str, study_name: str = STUDY_NAME) -> Any:
     a SQLite URL must name an existing file."""
     import optuna
 
+    storage_url = normalize_url(storage_url)
     if storage_url.startswith("sqlite:///"):
         path = Path(storage_url.removeprefix("sqlite:///"))
         if not path.is_file():

@@ -136,6 +136,12 @@ def test_two_searches_write_one_postgresql_study_without_loss(env, small_space, 
         lines = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
         assert len(lines) == 2 and {x["number"] for x in lines} <= set(numbers)
     assert _states(url, study) == Counter({"COMPLETE": 4})
+    # the run directories point at the study; the password is never written to settings.json
+    assert "autoqra_test:***@" in json.loads((runs[0] / "settings.json").read_text())["storage"]
+    assert "give the URL instead of the run directory" in one_error_line(run_cli(env, "report", runs[0]))
+    report = run_cli(env, "report", postgres_url, "--study", study)
+    assert report.returncode == 0 and "trials" in report.stdout, report.stderr[-2000:]
+    assert "give the URL again with --storage" in one_error_line(run_cli(env, "search", "--resume", runs[0]))
 
 
 def test_a_search_submitted_with_ray_job_submit_succeeds(env, small_space, ray_cluster, tmp_path):

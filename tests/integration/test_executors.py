@@ -173,6 +173,13 @@ def test_pool_input_errors_are_one_line():
         ["0", "1", "0", "1"]
     with pytest.raises(ExecutorError, match="applies to CUDA"):
         plan_slots(2, "cpu", cpu_count=2, trials_per_gpu=2)
+    # without --trials-per-gpu a GPU takes what the budget fits: plans within 10 GiB on 80 GiB -> 6
+    from autoqra.executors.local import fit_per_gpu
+
+    assert fit_per_gpu(80 * 2**30, 10 * 2**30) == 6
+    assert len(plan_slots(6, "cuda", cpu_count=16, gpu_count=1, fit_per_gpu=6)) == 6
+    with pytest.raises(ExecutorError, match="what fits the budget"):
+        plan_slots(7, "cuda", cpu_count=16, gpu_count=1, fit_per_gpu=6)
 
 
 def test_gpu_packing_rule():
