@@ -121,6 +121,11 @@ def ray_cluster(env, tmp_path_factory):
     import sys
     from pathlib import Path
 
+    # Ray reads these when it is first imported (in this process too: the tests import it after this
+    # fixture ran); without them the driver resolves 127.0.0.1 to a non-loopback address and hangs
+    for key, value in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_AUTH_MODE", "disabled"),
+                       ("RAY_USAGE_STATS_ENABLED", "0")):
+        os.environ.setdefault(key, value)
     port, dashboard = _free_port(), _free_port()
     bindir = str(Path(sys.executable).parent)
     ray_env = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",

@@ -145,6 +145,9 @@ def test_two_searches_write_one_postgresql_study_without_loss(env, small_space, 
 
 
 def test_a_search_submitted_with_ray_job_submit_succeeds(env, small_space, ray_cluster, tmp_path):
+    from autoqra.executors.ray_tasks import import_ray
+
+    import_ray()  # with this machine's settings, before anything else imports it
     from ray.job_submission import JobSubmissionClient
 
     out = tmp_path / "job"
