@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def utilisation(workers: int, time_scale: float, max_cost: float, preset_name: str) -> dict[str, Any]:
-    from autoqra.executors.base import TrialRequest
     from autoqra.executors.factories import PacedEvaluator, SyntheticEvaluatorFactory
     from autoqra.executors.local import LocalExecutor, plan_slots
+    from autoqra.search.runner import TrialJob
     from autoqra.search.synthetic import tiny_problem
     from tests.executor_kit import synthetic_search
 
@@ -47,7 +47,7 @@ def utilisation(workers: int, time_scale: float, max_cost: float, preset_name: s
     executor = LocalExecutor(factory, fidelities, plan_slots(workers, "cpu", cpu_count=os.cpu_count() or 1))
     plan = problem.codec.decode(problem.optimum_genome)
     for key in range(workers):  # warm-up: every worker has built its evaluator before the clock starts
-        executor.submit(TrialRequest(key=-1 - key, plan=plan, fidelity="low", seed=key))
+        executor.submit(TrialJob(key=-1 - key, plan=plan, fidelity="low", seed=key))
     for _ in range(workers):
         executor.next_result()
     started = time.perf_counter()
@@ -60,9 +60,9 @@ def utilisation(workers: int, time_scale: float, max_cost: float, preset_name: s
 
 
 def micro_wall(workers: int, trials: int) -> dict[str, Any]:
-    from autoqra.executors.base import TrialRequest
     from autoqra.executors.factories import TrialEvaluatorFactory
     from autoqra.executors.local import LocalExecutor, plan_slots
+    from autoqra.search.runner import TrialJob
     from autoqra.space.model_spec import model_spec
     from autoqra.space.reference import qlora_plan
     from autoqra.space.search_space import load_space
@@ -79,12 +79,12 @@ def micro_wall(workers: int, trials: int) -> dict[str, Any]:
                              plan_slots(workers, "cpu", cpu_count=os.cpu_count() or 1))
     try:
         for key in range(workers):  # warm-up: model load and first-trial costs, one trial per worker
-            executor.submit(TrialRequest(key=-1 - key, plan=plan, fidelity="micro", seed=1000 + key))
+            executor.submit(TrialJob(key=-1 - key, plan=plan, fidelity="micro", seed=1000 + key))
         for _ in range(workers):
             executor.next_result()
         started = time.perf_counter()
         for key in range(trials):
-            executor.submit(TrialRequest(key=key, plan=plan, fidelity="micro", seed=key))
+            executor.submit(TrialJob(key=key, plan=plan, fidelity="micro", seed=key))
         losses = [executor.next_result()[1].metrics.eval_loss for _ in range(trials)]
         wall = time.perf_counter() - started
     finally:
@@ -94,8 +94,8 @@ def micro_wall(workers: int, trials: int) -> dict[str, Any]:
 
 
 def overhead(kind: str, trials: int) -> dict[str, Any]:
-    from autoqra.executors.base import TrialRequest
     from autoqra.executors.factories import SyntheticEvaluatorFactory
+    from autoqra.search.runner import TrialJob
     from autoqra.search.synthetic import tiny_problem
 
     factory = SyntheticEvaluatorFactory()
@@ -116,12 +116,12 @@ def overhead(kind: str, trials: int) -> dict[str, Any]:
     plan = problem.codec.decode(problem.optimum_genome)
     try:
         for key in range(3):  # warm-up: worker start, evaluator built, Ray's function exported
-            executor.submit(TrialRequest(key=-1 - key, plan=plan, fidelity="high", seed=key))
+            executor.submit(TrialJob(key=-1 - key, plan=plan, fidelity="high", seed=key))
             executor.next_result()
         times = []
         for key in range(trials):
             began = time.perf_counter()
-            executor.submit(TrialRequest(key=key, plan=plan, fidelity="high", seed=key))
+            executor.submit(TrialJob(key=key, plan=plan, fidelity="high", seed=key))
             executor.next_result()
             times.append(time.perf_counter() - began)
     finally:

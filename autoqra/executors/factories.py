@@ -13,7 +13,7 @@ import numpy as np
 from autoqra.domain import Fidelity, Plan, TrialResult
 
 if TYPE_CHECKING:
-    from autoqra.executors.base import PlanEvaluator
+    from autoqra.search.runner import PlanEvaluator
     from autoqra.trials.evaluator import EvaluatorConfig
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from autoqra.domain import Fidelity, TrialResult
 from autoqra.errors import AutoQRAError
-from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result, quiet_worker
+from autoqra.executors.base import EvaluatorFactory, ExecutorError, failed_result, quiet_worker
+from autoqra.search.runner import TrialJob
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,12 @@ def _worker_main(factory: EvaluatorFactory, fidelities: dict[str, Fidelity], slo
     key = None
     try:
         while True:
-            request = conn.recv()
-            if request is None:
+            job = conn.recv()
+            if job is None:
                 return
-            key = request.key
-            result = evaluator.evaluate(request.plan, fidelities[request.fidelity], request.seed)
-            conn.send(("result", request.key, result, None))
+            key = job.key
+            result = evaluator.evaluate(job.plan, fidelities[job.fidelity], job.seed)
+            conn.send(("result", job.key, result, None))
             key = None
     except BaseException as exc:  # a setup or programming error: the search stops with it
         conn.send(("error", key, _describe(exc), exc if isinstance(exc, AutoQRAError) else None))
@@ -108,7 +109,7 @@ def _describe(exc: BaseException) -> str:
 class _Worker:
     def __init__(self, process: Any, conn: Connection, slot: WorkerSlot) -> None:
         self.process, self.conn, self.slot = process, conn, slot
-        self.request: TrialRequest | None = None
+        self.job: TrialJob | None = None
         self.results = 0  # trials this process finished
 
 
@@ -122,14 +123,14 @@ def _death_reason(exitcode: int | None) -> str:
 
 
 class LocalExecutor:
-    """``workers`` spawned processes; requests beyond the idle workers wait in a queue."""
+    """``workers`` spawned processes; jobs beyond the idle workers wait in a queue."""
 
     def __init__(self, factory: EvaluatorFactory, fidelities: dict[str, Fidelity], slots: list[WorkerSlot]) -> None:
         import multiprocessing
 
         self.factory, self.fidelities, self.slots = factory, fidelities, slots
         self._ctx = multiprocessing.get_context("spawn")
-        self._queue: deque[TrialRequest] = deque()
+        self._queue: deque[TrialJob] = deque()
         self._attempts: dict[int, int] = {}
         self._pool = [self._start(slot) for slot in slots]
         self.replaced = 0  # workers restarted after a death (reported by the benchmark and tests)
@@ -144,8 +145,8 @@ class LocalExecutor:
         return [w.process.pid for w in self._pool]
 
     def busy_pids(self) -> dict[int, int]:
-        """``{request key: worker pid}`` of the trials running now (tests kill one of them)."""
-        return {w.request.key: w.process.pid for w in self._pool if w.request is not None}
+        """``{job key: worker pid}`` of the trials running now (tests kill one of them)."""
+        return {w.job.key: w.process.pid for w in self._pool if w.job is not None}
 
     def _start(self, slot: WorkerSlot) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -155,31 +156,31 @@ class LocalExecutor:
         child.close()
         return _Worker(process, parent, slot)
 
-    def submit(self, request: TrialRequest) -> None:
-        self._queue.append(request)
+    def submit(self, job: TrialJob) -> None:
+        self._queue.append(job)
         self._dispatch()
 
     def _dispatch(self) -> None:
         for worker in self._pool:
             if not self._queue:
                 return
-            if worker.request is None and worker.process.is_alive():
-                request = self._queue.popleft()
-                self._attempts[request.key] = self._attempts.get(request.key, 0) + 1
-                worker.request = request
+            if worker.job is None and worker.process.is_alive():
+                job = self._queue.popleft()
+                self._attempts[job.key] = self._attempts.get(job.key, 0) + 1
+                worker.job = job
                 try:
-                    worker.conn.send(request)
+                    worker.conn.send(job)
                 except (BrokenPipeError, OSError):  # died just now: its death is handled by next_result
                     pass
 
-    def next_result(self) -> tuple[TrialRequest, TrialResult]:
+    def next_result(self) -> tuple[TrialJob, TrialResult]:
         while True:
             for worker in list(self._pool):  # idle workers that died since: replaced before dispatching
-                if worker.request is None and not worker.process.is_alive():
+                if worker.job is None and not worker.process.is_alive():
                     self._drain_error(worker)
                     self._replace(worker)
             self._dispatch()
-            busy = [w for w in self._pool if w.request is not None]
+            busy = [w for w in self._pool if w.job is not None]
             if not busy:
                 raise ExecutorError("no trial in flight to wait for")
             ready = set(wait([w.conn for w in self._pool] + [w.process.sentinel for w in self._pool]))
@@ -190,13 +191,13 @@ class LocalExecutor:
                     except (EOFError, OSError):
                         kind = "dead"
                     if kind == "result":
-                        request = worker.request
-                        assert request is not None and request.key == key
-                        worker.request = None
+                        job = worker.job
+                        assert job is not None and job.key == key
+                        worker.job = None
                         worker.results += 1
                         self._barren.pop(worker.slot.index, None)
                         self._attempts.pop(key, None)
-                        return request, payload
+                        return job, payload
                     if kind == "error":
                         self.close()
                         if exc is not None:
@@ -220,7 +221,7 @@ class LocalExecutor:
                     raise exc
                 raise RuntimeError(f"a worker process failed:\n{payload}")
 
-    def _replace(self, worker: _Worker) -> tuple[TrialRequest, TrialResult] | None:
+    def _replace(self, worker: _Worker) -> tuple[TrialJob, TrialResult] | None:
         """A worker died: start another in its slot; retry its trial once, then record it as failed."""
         worker.process.join()
         reason = _death_reason(worker.process.exitcode)
@@ -233,20 +234,20 @@ class LocalExecutor:
                                     f"{MAX_BARREN + 1} in a row); see the log above")
         self._pool[self._pool.index(worker)] = self._start(worker.slot)
         self.replaced += 1
-        request = worker.request
-        if request is None:
+        job = worker.job
+        if job is None:
             log.warning(f"executor: idle worker {worker.slot.index} died ({reason}); replaced")
             return None
-        if self._attempts.get(request.key, 0) < MAX_ATTEMPTS:
-            log.warning(f"executor: worker {worker.slot.index} died running {request.plan.plan_hash[:8]} "
-                        f"({request.fidelity}; {reason}); replaced, the trial is retried")
-            self._queue.appendleft(request)
+        if self._attempts.get(job.key, 0) < MAX_ATTEMPTS:
+            log.warning(f"executor: worker {worker.slot.index} died running {job.plan.plan_hash[:8]} "
+                        f"({job.fidelity}; {reason}); replaced, the trial is retried")
+            self._queue.appendleft(job)
             return None
-        self._attempts.pop(request.key, None)
-        log.warning(f"executor: worker {worker.slot.index} died again running {request.plan.plan_hash[:8]} "
+        self._attempts.pop(job.key, None)
+        log.warning(f"executor: worker {worker.slot.index} died again running {job.plan.plan_hash[:8]} "
                     f"({reason}); the trial is recorded as failed")
         error = f"the worker process died on each of {MAX_ATTEMPTS} attempts ({reason})"
-        return request, failed_result(request, self.fidelities[request.fidelity], self.factory.task, error)
+        return job, failed_result(job, self.fidelities[job.fidelity], self.factory.task, error)
 
     def close(self) -> None:
         self._queue.clear()

@@ -23,7 +23,8 @@ import os
 from typing import Any
 
 from autoqra.domain import Fidelity, TrialResult
-from autoqra.executors.base import EvaluatorFactory, ExecutorError, TrialRequest, failed_result, quiet_worker
+from autoqra.executors.base import EvaluatorFactory, ExecutorError, failed_result, quiet_worker
+from autoqra.search.runner import TrialJob
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def gpu_share(predicted_peak_bytes: int, gpu_bytes: int) -> float:
     return min(1.0, shares / GPU_SHARES)
 
 
-def _run_trial(factory: EvaluatorFactory, fidelity: Fidelity, request: TrialRequest, threads: int) -> TrialResult:
+def _run_trial(factory: EvaluatorFactory, fidelity: Fidelity, job: TrialJob, threads: int) -> TrialResult:
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -50,7 +51,7 @@ def _run_trial(factory: EvaluatorFactory, fidelity: Fidelity, request: TrialRequ
     if evaluator is None:
         quiet_worker()
         evaluator = _EVALUATORS[factory] = factory.build()
-    return evaluator.evaluate(request.plan, fidelity, request.seed)
+    return evaluator.evaluate(job.plan, fidelity, job.seed)
 
 
 def import_ray() -> Any:
@@ -117,7 +118,7 @@ class RayExecutor:
         self.cpus_per_trial = cpus_per_trial or max(1, cpus // workers)
         self.gpu_bytes = self._gpu_bytes() if device == "cuda" else 0
         self._remote = ray.remote(_run_trial)
-        self._inflight: dict[Any, TrialRequest] = {}
+        self._inflight: dict[Any, TrialJob] = {}
         log.info(f"executor: ray, {workers} trial(s) in flight, {self.cpus_per_trial} CPU(s) per trial; "
                  f"cluster {cpus} CPU(s), {gpus} GPU(s){' (local instance)' if self._started else ''}")
 
@@ -131,18 +132,18 @@ class RayExecutor:
     def workers(self) -> int:
         return self._workers
 
-    def resources(self, request: TrialRequest) -> dict[str, float]:
+    def resources(self, job: TrialJob) -> dict[str, float]:
         if self.device != "cuda":
             return {"num_cpus": self.cpus_per_trial, "num_gpus": 0}
-        return {"num_cpus": self.cpus_per_trial, "num_gpus": gpu_share(request.predicted_peak_bytes, self.gpu_bytes)}
+        return {"num_cpus": self.cpus_per_trial, "num_gpus": gpu_share(job.predicted_peak_bytes, self.gpu_bytes)}
 
-    def submit(self, request: TrialRequest) -> None:
-        options = self.resources(request)
+    def submit(self, job: TrialJob) -> None:
+        options = self.resources(job)
         task = self._remote.options(max_retries=MAX_RETRIES, retry_exceptions=False, **options)
-        ref = task.remote(self.factory, self.fidelities[request.fidelity], request, int(options["num_cpus"]))
-        self._inflight[ref] = request
+        ref = task.remote(self.factory, self.fidelities[job.fidelity], job, int(options["num_cpus"]))
+        self._inflight[ref] = job
 
-    def next_result(self) -> tuple[TrialRequest, TrialResult]:
+    def next_result(self) -> tuple[TrialJob, TrialResult]:
         import ray
         from ray.exceptions import NodeDiedError, RayTaskError, WorkerCrashedError
 
@@ -150,13 +151,13 @@ class RayExecutor:
             raise ExecutorError("no trial in flight to wait for")
         ready, _ = ray.wait(list(self._inflight), num_returns=1)
         ref = ready[0]
-        request = self._inflight.pop(ref)
+        job = self._inflight.pop(ref)
         try:
-            return request, ray.get(ref)
+            return job, ray.get(ref)
         except (WorkerCrashedError, NodeDiedError) as exc:
             error = f"the Ray worker died on each of {MAX_RETRIES + 1} attempts ({type(exc).__name__})"
-            log.warning(f"executor: {error} running {request.plan.plan_hash[:8]}; recorded as failed")
-            return request, failed_result(request, self.fidelities[request.fidelity], self.factory.task, error)
+            log.warning(f"executor: {error} running {job.plan.plan_hash[:8]}; recorded as failed")
+            return job, failed_result(job, self.fidelities[job.fidelity], self.factory.task, error)
         except RayTaskError as exc:  # the evaluator raised: a setup or programming error, as inline
             raise exc.as_instanceof_cause() from None
 

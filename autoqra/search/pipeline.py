@@ -21,23 +21,15 @@ import numpy as np
 
 from autoqra.domain import Fidelity, Plan, TrialResult, derive_seed
 from autoqra.errors import AutoQRAError
-from autoqra.executors.base import TrialRequest, TrialRunner
 from autoqra.search.baselines import RandomStage, optuna_stage, sequential_stage, uniform_stage
 from autoqra.search.codec import SearchCodec
 from autoqra.search.evolution import EvolutionStage
 from autoqra.search.final import FinalStage
 from autoqra.search.pareto import front_indices
 from autoqra.search.repair import Repairer
+from autoqra.search.runner import TrialJob, TrialRunner
 from autoqra.search.settings import STRATEGIES, SearchPreset
-from autoqra.search.stage import (
-    FINAL_FIDELITY,
-    HIGH_FIDELITY,
-    LOW_FIDELITY,
-    Archive,
-    Ask,
-    Evaluated,
-    Stage,
-)
+from autoqra.search.stage import FINAL_FIDELITY, HIGH_FIDELITY, LOW_FIDELITY, Archive, Ask, Evaluated, Stage
 from autoqra.search.surrogate import PerformanceModel
 from autoqra.search.trust_region import TrustRegionStage
 from autoqra.search.utility import PriorUtility, flat_utility
@@ -109,8 +101,8 @@ class SearchPipeline:
         self.codec, self.utility, self.runner, self.fidelities = codec, utility, runner, fidelities
         self.config, self.ledger, self.replay = config, ledger, replay
         self._next_key = 0
-        self._replayed: list[tuple[TrialRequest, TrialResult]] = []  # asked again after a resume: results at hand
-        self._running: dict[int, int] = {}  # request key -> ledger trial id of a trial in flight
+        self._replayed: list[tuple[TrialJob, TrialResult]] = []  # asked again after a resume: results at hand
+        self._running: dict[int, int] = {}  # job key -> ledger trial id of a trial in flight
         self.replayed_count = 0
         self.sensitivity = sensitivity if sensitivity is not None else np.ones(codec.n_groups)
         self.costs = fidelity_costs(fidelities)
@@ -197,28 +189,28 @@ class SearchPipeline:
         seed = derive_seed(self.config.seed, ask.plan.plan_hash, ask.fidelity)
         peak = self._peak(ask)
         pending[key] = ask
-        request = TrialRequest(key=key, plan=ask.plan, fidelity=ask.fidelity, seed=seed, predicted_peak_bytes=peak)
+        job = TrialJob(key=key, plan=ask.plan, fidelity=ask.fidelity, seed=seed, predicted_peak_bytes=peak)
         replayed = self.replay.take(ask.plan.plan_hash, ask.fidelity, seed) if self.replay is not None else None
         if replayed is not None:
-            self._replayed.append((request, replayed))  # finished before a crash: its result, not a rerun
+            self._replayed.append((job, replayed))  # finished before a crash: its result, not a rerun
             return
         if self.ledger is not None:
             self._running[key] = self.ledger.start(ask.plan, stage=stage.name, fidelity=ask.fidelity,
                                                    predicted_peak_bytes=peak, brief=self._brief(ask.plan, peak))
-        self.runner.submit(request)
+        self.runner.submit(job)
 
     def _take_one(self, stage: Stage, pending: dict[int, Ask], spent: float, started: float) -> float:
         """Wait for the next trial to end (a replayed one first); record it, archive it, tell the stage."""
         if self._replayed:
-            request, result = self._replayed.pop(0)
+            job, result = self._replayed.pop(0)
             replayed = True
         else:
-            request, result = self.runner.next_result()
+            job, result = self.runner.next_result()
             replayed = False
-        ask = pending.pop(request.key)
-        evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=request.predicted_peak_bytes, stage=stage.name)
+        ask = pending.pop(job.key)
+        evaluated = Evaluated(ask=ask, result=result, predicted_peak_bytes=job.predicted_peak_bytes, stage=stage.name)
         if self.ledger is not None and not replayed:
-            self.ledger.finish(self._running.pop(request.key), result, predicted_peak_bytes=request.predicted_peak_bytes,
+            self.ledger.finish(self._running.pop(job.key), result, predicted_peak_bytes=job.predicted_peak_bytes,
                                stage=stage.name, fidelity=ask.fidelity)
         self.archive.add(evaluated)
         spent += self.costs[ask.fidelity]

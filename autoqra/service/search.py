@@ -41,8 +41,8 @@ from autoqra.space.search_space import SearchSpace
 if TYPE_CHECKING:
     import numpy as np
 
-    from autoqra.executors.base import TrialRunner
     from autoqra.executors.local import WorkerSlot
+    from autoqra.search.runner import TrialRunner
     from autoqra.store.ledger import Ledger, Replay
     from autoqra.trials.evaluator import EvaluatorConfig
 

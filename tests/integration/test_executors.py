@@ -127,8 +127,8 @@ def test_a_killed_ray_worker_is_retried_by_ray(inline_keys, tmp_path, ray_cluste
 
 
 def test_a_trial_whose_worker_dies_twice_is_recorded_failed(tmp_path):
-    """Both attempts killed: the request still comes back, as ``failed`` with the reason."""
-    from autoqra.executors.base import TrialRequest
+    """Both attempts killed: the job still comes back, as ``failed`` with the reason."""
+    from autoqra.search.runner import TrialJob
 
     folder = tmp_path / "announce"
     folder.mkdir()
@@ -151,7 +151,7 @@ def test_a_trial_whose_worker_dies_twice_is_recorded_failed(tmp_path):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        executor.submit(TrialRequest(key=7, plan=problem.codec.decode(problem.optimum_genome), fidelity="high", seed=11))
+        executor.submit(TrialJob(key=7, plan=problem.codec.decode(problem.optimum_genome), fidelity="high", seed=11))
         back, result = executor.next_result()
     finally:
         executor.close()
