@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -49,7 +50,9 @@ from autoqra.errors import AutoQRAError  # noqa: E402 (light: no torch)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("sequential", "autoqra", "random", "optuna-tpe", "optuna-nsga2")
-REFERENCES = ("lora16-r16", "qlora-nf4dq-r16", "hqq4-r16", "hqq4-r16-loftq", "hqq3-r16")
+# hqq8-r16 and hqq8-r4 are over the qlora budget: ceilings that tell how much of the QLoRA -> 16-bit gap
+# is the bits (8-bit HQQ against bf16) and how much the rank, i.e. what a plan within the budget could reach
+REFERENCES = ("lora16-r16", "qlora-nf4dq-r16", "hqq4-r16", "hqq4-r16-loftq", "hqq3-r16", "hqq8-r16", "hqq8-r4")
 FINAL_SEEDS = (1, 2)  # trial seeds of the `final` retrains, the same for every plan
 TIGHT = 0.85  # the secondary grid's tighter budget, a fraction of the qlora budget
 
@@ -156,7 +159,7 @@ def reference_plan(setup: Setup, name: str) -> tuple[Any, str]:
     from autoqra.domain import QuantFormat
     from autoqra.space.model_spec import model_spec
     from autoqra.space.reference import lora16_plan, qlora_plan
-    from autoqra.space.search_space import load_space
+    from autoqra.space.search_space import load_space, uniform_plan
 
     space = load_space(setup.space)
     spec = model_spec(space.model)
@@ -164,10 +167,8 @@ def reference_plan(setup: Setup, name: str) -> tuple[Any, str]:
         return lora16_plan(spec, space.training.compute_dtype, space.granularity), "default"
     if name == "qlora-nf4dq-r16":
         return qlora_plan(spec, space.granularity), "default"
-    bits = 4 if name.startswith("hqq4") else 3
-    plan = qlora_plan(spec, space.granularity)
-    fmt = QuantFormat(name="hqq", bits=bits, group_size=64)
-    plan = plan.model_copy(update={"groups": tuple(g.model_copy(update={"format": fmt}) for g in plan.groups)})
+    bits, rank = (int(x) for x in re.fullmatch(r"hqq(\d+)-r(\d+)(?:-loftq)?", name).groups())  # type: ignore[union-attr]
+    plan = uniform_plan(spec, QuantFormat(name="hqq", bits=bits, group_size=64), rank, space.granularity)
     return plan, "loftq" if name.endswith("loftq") else "default"
 
 
