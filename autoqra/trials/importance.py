@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import Plan, PlanGroup, QuantFormat
 from autoqra.priors.schema import GroupPrior, Priors
+from autoqra.trials.backends import backend_for
 from autoqra.trials.data import TaskData
 from autoqra.trials.layer_cache import LayerCache
 from autoqra.trials.lora import attach_lora, init_default
@@ -168,8 +169,10 @@ def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, co
 
     weights = resolve_weights(model)
     groups = model_spec(model).groups(granularity)
-    # the task's data digest too: priors measured on another version of the task's data are not reused
-    key = hashlib.sha256(f"{weights.fingerprint}|{task}|{task_fingerprint(task)}|{granularity}|{lowest.label}|{compute_dtype}|{calibration}|"
+    # the task's data digest and the quantizing library's version too: priors measured on another
+    # version of the task's data, or of the code that quantized the lowest format, are not reused
+    key = hashlib.sha256(f"{weights.fingerprint}|{task}|{task_fingerprint(task)}|{granularity}|{lowest.label}|"
+                         f"{backend_for(lowest).version_tag()}|{compute_dtype}|{calibration}|"
                          f"{seq_len}|{demand_batches}|{seed}".encode()).hexdigest()[:20]
     path = cache_root() / "priors" / f"{key}.json"
     if path.is_file():

@@ -1,9 +1,10 @@
-"""Quantized-layer cache: each (model weights, layer, format, compute dtype) is quantized once.
+"""Quantized-layer cache: each (model weights, layer, format, compute dtype, library versions) is quantized once.
 
 HQQ's optimiser makes quantization the slow part of building a trial model (~12 s for the default
 model's 210 linears on CPU); every later trial that uses the same layer in the same format reuses
 it. Entries live in memory for the process and on disk (safetensors, one file a layer) under
-``<cache>/qlayers/<weights fingerprint>/``, so later runs and other worker processes reuse them too.
+``<cache>/qlayers/<weights fingerprint>/``, so later runs and other worker processes reuse them too;
+the file name carries the quantizing library's and torch's versions, so an upgrade re-quantizes.
 Entries are written to a temporary name and renamed, so a crash never leaves a torn file. Each
 backend saves and restores its own layers (``state``/``restore``); backends that are not
 ``cacheable`` (dense layers) are built afresh every time.
@@ -65,7 +66,8 @@ class LayerCache:
         if self.folder is None:
             return None
         name, fmt, dtype = key
-        return self.folder / _SAFE.sub("_", f"{name}.{fmt.label}.{dtype}.safetensors")
+        tag = backend_for(fmt).version_tag()
+        return self.folder / _SAFE.sub("_", f"{name}.{fmt.label}.{dtype}.{tag}.safetensors")
 
     def _read(self, key: _Key) -> dict[str, torch.Tensor] | None:
         path = self._path(key)

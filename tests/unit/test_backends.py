@@ -128,6 +128,22 @@ def test_cache_round_trip_is_bit_identical(tmp_path, case, bias):
         assert measure_footprint(restored).model_bytes == expected_bytes(fmt, compute, bias)
 
 
+@pytest.mark.parametrize("fmt", [QuantFormat(name="hqq", bits=4, group_size=64), QuantFormat(name="nf4")],
+                         ids=["hqq", "nf4"])
+def test_a_layer_cached_by_another_library_version_is_not_reused(tmp_path, fmt):
+    from importlib.metadata import version
+
+    library = {"hqq": "hqq", "nf4": "bitsandbytes"}[fmt.name]
+    LayerCache(tmp_path, "fp").layer("m.l", make_linear(True), fmt, "bf16", "cpu")
+    (entry,) = tmp_path.rglob("*.safetensors")
+    assert f"{library}-{version(library)}" in entry.name and f"torch-{version('torch')}".replace("+", "_") in entry.name
+    # the same entry as an older release of the library would have written it
+    entry.rename(entry.with_name(entry.name.replace(f"{library}-{version(library)}", f"{library}-0.0.1")))
+    fresh = LayerCache(tmp_path, "fp")
+    fresh.layer("m.l", make_linear(True), fmt, "bf16", "cpu")
+    assert (fresh.misses, fresh.hits) == (1, 0) and len(list(tmp_path.rglob("*.safetensors"))) == 2
+
+
 @pytest.mark.parametrize("case", DENSE_CASES, ids=case_id)
 def test_dense_layers_round_trip_but_are_not_cached(tmp_path, case):
     fmt, compute = case

@@ -48,6 +48,14 @@ class Backend(ABC):
     names: tuple[str, ...]  # the FormatName values this backend builds
     cacheable: bool = True  # whether LayerCache keeps its layers (False: rebuilding is as cheap as reading)
     peft_flag: str | None = None  # model attribute PEFT reads before it picks its LoRA class for these layers
+    library: str | None = None  # the distribution that quantizes (its version, with torch's, keys cached layers)
+
+    def version_tag(self) -> str:
+        """``hqq-0.2.8.torch-2.13.0``: the code a stored layer came from. A cached layer or prior measured
+        with another version of the quantizing library is not reused (the metadata read imports nothing)."""
+        from importlib.metadata import version
+
+        return ".".join(f"{lib}-{version(lib)}" for lib in (*([self.library] if self.library else []), "torch"))
 
     @abstractmethod
     def build(self, linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, device: str) -> nn.Module:

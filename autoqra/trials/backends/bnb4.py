@@ -98,4 +98,4 @@ class Bnb4(Backend):
         return found
 
 
-BACKEND = Bnb4(names=("nf4",), peft_flag="is_loaded_in_4bit")
+BACKEND = Bnb4(names=("nf4",), peft_flag="is_loaded_in_4bit", library="bitsandbytes")

@@ -84,4 +84,4 @@ class Bnb8(Backend):
         return [v for v in values if isinstance(v, torch.Tensor)]
 
 
-BACKEND = Bnb8(names=("int8",), peft_flag="is_loaded_in_8bit")
+BACKEND = Bnb8(names=("int8",), peft_flag="is_loaded_in_8bit", library="bitsandbytes")

@@ -67,4 +67,4 @@ class Hqq(Backend):
         return found
 
 
-BACKEND = Hqq(names=("hqq",))
+BACKEND = Hqq(names=("hqq",), library="hqq")
