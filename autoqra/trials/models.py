@@ -92,6 +92,26 @@ def embedded_default_folder() -> Path:
     return target
 
 
+def save_tiny_llama(folder: Path, *, blocks: int = 2, seed: int = 0) -> Path:
+    """A Llama of ``blocks`` blocks (hidden 64) with seeded random weights and the embedded model's
+    tokenizer, saved as a model folder a space can name: it trains in seconds, for smoke runs and tests.
+    The global torch RNG is left as it was (the weights come from a forked, seeded one)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_default_folder()))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=blocks,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; ``cuda`` without one is an error."""
     import torch

@@ -17,20 +17,10 @@ import yaml
 def tiny_space(cache_dir, tmp_path_factory):
     """A 2-block Llama with random weights saved as a model folder (tokenizer of the embedded model),
     and a space over it with fidelities of a few steps."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from autoqra.trials.models import embedded_default_folder
+    from autoqra.trials.models import save_tiny_llama
 
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_default_folder()))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(root / "model"))
-    tokenizer.save_pretrained(str(root / "model"))
+    save_tiny_llama(root / "model")
     space = {
         "version": 1, "name": "tiny-api", "model": str(root / "model"), "granularity": "module",
         "choices": {"formats": [{"name": "hqq", "bits": 2, "group_size": 64}, {"name": "hqq", "bits": 4, "group_size": 64},
