@@ -100,6 +100,15 @@ class SearchCodec:
         return tuple((int(a), int(b)) for a, b in zip(f, r, strict=True))
 
     # -- memory ------------------------------------------------------------------------------
+    def has_adapter(self, genome: Genome) -> bool:
+        """Whether some group trains a LoRA adapter (a plan without one has nothing to fine-tune)."""
+        return any(self.ranks[r] > 0 for _, r in genome)
+
+    @cached_property
+    def first_adapter_rank(self) -> int | None:
+        """Index of the smallest nonzero rank of the ladder (None: the space has only rank 0)."""
+        return next((i for i, rank in enumerate(self.ranks) if rank > 0), None)
+
     def predicted_peak_bytes(self, genome: Genome) -> int:
         """Exact predicted peak training bytes (memoised: the search asks again and again)."""
         hit = self._memory_cache.get(genome)

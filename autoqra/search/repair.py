@@ -4,6 +4,9 @@
 utility loss per byte saved is smallest (a move that saves bytes *and* gains utility goes first),
 until the exact memory model says the plan fits. It always ends feasible, or raises
 :class:`~autoqra.errors.InfeasibleBudget` stating the smallest peak any plan of the space reaches.
+It never gives up the last LoRA adapter, and gives one to a plan that has none (at the group whose
+adapter the prior values most): a plan with every rank 0 has nothing to train, and the trial refuses
+it. Only when no plan with an adapter fits does it return one without.
 ``fill`` is the converse, used by the warm start: spend what the budget leaves on the moves that
 buy the most utility per byte.
 """
@@ -51,12 +54,16 @@ class Repairer:
         group is repaired too.
         """
         codec = self.codec
+        adapt = codec.first_adapter_rank is not None
+        if adapt and not codec.has_adapter(genome):
+            return self._give_adapter(genome)
         if self.fits(genome):
             return genome
         self.check_reachable()
         cost, util = codec.cost_table, self.utility.table
         current = list(genome)
         groups = np.arange(codec.n_groups)
+        no_rank = np.array([rank == 0 for rank in codec.ranks])
         for _ in range(codec.n_groups * codec.n_formats * codec.n_ranks):
             f, r = np.array([g[0] for g in current]), np.array([g[1] for g in current])
             saved = cost[groups, f, r][:, None, None] - cost
@@ -64,6 +71,9 @@ class Repairer:
             score = np.where(saved > 0, loss / np.where(saved > 0, saved, 1.0), np.inf)
             if keep is not None:
                 score[keep] = np.inf
+            adapted = np.flatnonzero(~no_rank[r])
+            if adapt and len(adapted) == 1:
+                score[adapted[0]][:, no_rank] = np.inf  # the last adapter stays
             best = int(np.argmin(score))
             if not np.isfinite(score.flat[best]):
                 break  # every (movable) group at its cheapest option by the table
@@ -78,14 +88,42 @@ class Repairer:
         # still exceed the budget; the exact minimum (reachable, checked above) always fits.
         return codec.cheapest_genome
 
+    def _give_adapter(self, genome: Genome) -> Genome:
+        """``genome`` (which has no adapter) with the smallest adapter at one group, repaired; groups tried
+        in order of the prior's value of that adapter. Unchanged (repaired) if no such plan fits."""
+        codec, util = self.codec, self.utility.table
+        r1 = codec.first_adapter_rank
+        assert r1 is not None
+        gains = [util[g, f, r1] - util[g, f, r] for g, (f, r) in enumerate(genome)]
+        for g in sorted(range(codec.n_groups), key=lambda g: -gains[g]):
+            adapted = genome[:g] + ((genome[g][0], r1),) + genome[g + 1:]
+            repaired = self.repair(adapted, keep=g)
+            if self.fits(repaired) and codec.has_adapter(repaired):
+                return repaired
+            cheapest = min(((f, r1) for f in range(codec.n_formats)),
+                           key=lambda gene: codec.predicted_peak_bytes(genome[:g] + (gene,) + genome[g + 1:]))
+            repaired = self.repair(genome[:g] + (cheapest,) + genome[g + 1:], keep=g)
+            if self.fits(repaired) and codec.has_adapter(repaired):
+                return repaired
+        return self._repair_without_adapter(genome)
+
+    def _repair_without_adapter(self, genome: Genome) -> Genome:
+        """Where no plan with an adapter fits: ``genome`` if it fits, else the cheapest plan (the trial
+        refuses either: nothing within the budget trains)."""
+        if self.fits(genome):
+            return genome
+        self.check_reachable()
+        return self.codec.cheapest_genome
+
     def fill(self, genome: Genome) -> Genome:
         """Raise options while the plan still fits, best utility gain per extra byte first."""
         codec = self.codec
         cost, util = codec.cost_table, self.utility.table
         current = tuple(genome)
-        if not self.fits(current):
+        if not self.fits(current) or not codec.has_adapter(current):
             current = self.repair(current)
         groups = np.arange(codec.n_groups)
+        no_rank = np.array([rank == 0 for rank in codec.ranks])
         rejected: set[tuple[int, int, int]] = set()
         for _ in range(codec.n_groups * codec.n_formats * codec.n_ranks * 2):
             f, r = np.array([g[0] for g in current]), np.array([g[1] for g in current])
@@ -94,6 +132,9 @@ class Repairer:
             score = np.where(gain > 0, gain / np.maximum(extra, 1.0), -np.inf)
             for key in rejected:
                 score[key] = -np.inf
+            adapted = np.flatnonzero(~no_rank[r])
+            if len(adapted) == 1:
+                score[adapted[0]][:, no_rank] = -np.inf  # a move may trade rank for bits, not the last adapter
             best = int(np.argmax(score))
             if not np.isfinite(score.flat[best]):
                 return current

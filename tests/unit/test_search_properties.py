@@ -60,8 +60,8 @@ def test_repair_ends_feasible_or_raises_with_the_minimum(kind, seed, where, info
         return
     assert valid(codec, repaired)
     assert codec.predicted_peak_bytes(repaired) <= budget
-    if codec.predicted_peak_bytes(genome) <= budget:
-        assert repaired == genome  # a plan that fits is left alone
+    if codec.predicted_peak_bytes(genome) <= budget and codec.has_adapter(genome):
+        assert repaired == genome  # a plan that fits and trains is left alone
     keep = int(rng.integers(codec.n_groups))
     kept = repairer.repair(genome, keep=keep)
     assert codec.predicted_peak_bytes(kept) <= budget
@@ -70,6 +70,33 @@ def test_repair_ends_feasible_or_raises_with_the_minimum(kind, seed, where, info
         assert kept[keep] == genome[keep]  # the others paid for the kept group
     filled = repairer.fill(repaired)
     assert codec.predicted_peak_bytes(filled) <= budget and utility.of(filled) >= utility.of(repaired) - 1e-12
+
+
+@SETTINGS
+@given(kind=KINDS, seed=st.integers(0, 2**32 - 1), where=st.floats(0.0, 1.0))
+def test_repair_and_fill_keep_an_adapter_whenever_one_fits(kind, seed, where):
+    """A plan with every rank 0 trains nothing: repair gives one an adapter and never removes the last,
+    and fill never trades it for bits, wherever some plan with an adapter fits."""
+    codec = codec_for(kind)
+    rng = np.random.default_rng(seed)
+    # adapter weight as the default utility's: bits pay more than rank, so the greedy would drop them all
+    utility = utility_from_scores(codec, rng.lognormal(size=codec.n_groups), rng.lognormal(size=codec.n_groups),
+                                  adapter_weight=0.05)
+    budget = int(codec.min_bytes + where * (codec.max_bytes - codec.min_bytes))
+    repairer = Repairer(codec, utility, budget)
+    r1, cheapest = codec.first_adapter_rank, codec.cheapest_genome
+    adapter_fits = any(codec.predicted_peak_bytes(cheapest[:g] + ((f, r1),) + cheapest[g + 1:]) <= budget
+                       for g in range(codec.n_groups) for f in range(codec.n_formats))
+    bare = tuple((f, 0) for f, _ in codec.random(rng))
+    one = ((codec.n_formats - 1, codec.n_ranks - 1), *bare[1:])  # the richest option at one group only
+    for genome in (bare, one, codec.uniform(codec.n_formats - 1, codec.n_ranks - 1)):
+        repaired = repairer.repair(genome)
+        filled = repairer.fill(repaired)
+        assert codec.predicted_peak_bytes(repaired) <= budget and codec.predicted_peak_bytes(filled) <= budget
+        if kind == "block" and adapter_fits:  # additive memory: the greedy's corner is the true one
+            assert codec.has_adapter(repaired) and codec.has_adapter(filled), (genome, repaired, filled)
+        if codec.has_adapter(genome) and codec.predicted_peak_bytes(genome) <= budget:
+            assert repaired == genome  # a plan that fits and trains is left alone
 
 
 def test_min_bytes_is_the_true_minimum_by_brute_force():
