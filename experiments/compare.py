@@ -392,7 +392,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                       f"of the references ({max(spread):.2g}): at `final` this grid does not separate plans, and its "
                       "gap-closed column is noise.", ""]
         lines += reach_random(rows)
-        lines += trade_offs(rows, refs, ceiling, floor)
+        lines += trade_offs(rows, {c["method"]: c for c in rows if c["kind"] == "reference"}, ceiling, floor)
     if any(c["kind"] == "method" for c in cells):
         best_so_far_plot(cells, plot)
         lines += [f"![best so far]({os.path.relpath(plot, doc.parent)})", "",
@@ -448,24 +448,25 @@ def trade_offs(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]], ceil
             continue
         mib = (refs[b]["predicted_peak_bytes"] - refs[a]["predicted_peak_bytes"]) / 2**20
         rate = (mb - ma) / mib if mib > 0 else float("nan")
-        rates.append(rate)
+        rates.append((what, rate))
         out.append(f"- {what} ({a} -> {b}): {mb - ma:+.4f} for {mib:+.1f} MiB of peak, {rate:.5f} per MiB")
+    if not out:
+        return []
     fitting: dict[str, list[float]] = {}
     for c in rows:
         if c["plan"] is not None and c["predicted_peak_bytes"] <= c["budget_bytes"]:
             fitting.setdefault(c["method"], []).extend(x for x in c["final"] if x is not None)
     within = [(statistics.fmean(v), m) for m, v in fitting.items() if v]  # per method, as the table's means
-    if not out:
-        return []
     lines = ["What a MiB of peak memory buys at `final`, from uniform references that differ in one thing:", "", *out]
-    finite = [r for r in rates if math.isfinite(r) and r > 0]
-    if within and ceiling is not None and floor is not None and finite:
+    paying = [(what, rate) for what, rate in rates if math.isfinite(rate) and rate > 1e-4]
+    if within and ceiling is not None and floor is not None and paying:
         best, method = max(within)
         target = floor + 0.9 * (ceiling - floor)
         if best < target:
+            costs = "; ".join(f"{(target - best) / rate:.0f} MiB at the rate of {what}" for what, rate in paying)
             lines.append(f"- the best `final` mean within the budget, {best:.4f} ({method}), is {target - best:.4f} short "
-                         f"of 90% of the gap ({target:.4f}); at the best rate above that is about "
-                         f"{(target - best) / max(finite):.0f} MiB more than the budget holds (a linear extrapolation)")
+                         f"of 90% of the gap ({target:.4f}); bought at the rates above, that is {costs}, beyond "
+                         f"the budget's {rows[0]['budget_bytes'] / 2**20:.1f} MiB (linear extrapolations)")
     return [*lines, ""]
 
 
