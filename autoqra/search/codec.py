@@ -105,6 +105,11 @@ class SearchCodec:
         return any(self.ranks[r] > 0 for _, r in genome)
 
     @cached_property
+    def zero_ranks(self) -> np.ndarray:
+        """Boolean mask over the rank ladder: True where the rank is 0 (no adapter)."""
+        return np.array([rank == 0 for rank in self.ranks])
+
+    @cached_property
     def first_adapter_rank(self) -> int | None:
         """Index of the smallest nonzero rank of the ladder (None: the space has only rank 0)."""
         return next((i for i, rank in enumerate(self.ranks) if rank > 0), None)

@@ -53,27 +53,26 @@ class Repairer:
         With ``keep``, that group's option is left alone while the others pay; if they cannot, the
         group is repaired too.
         """
+        return self._repair(genome, () if keep is None else (keep,))
+
+    def _repair(self, genome: Genome, frozen: tuple[int, ...]) -> Genome:
+        """:meth:`repair` with the groups ``frozen`` left alone while the others pay, if they can."""
         codec = self.codec
-        adapt = codec.first_adapter_rank is not None
-        if adapt and not codec.has_adapter(genome):
-            return self._give_adapter(genome)
+        if codec.first_adapter_rank is not None and not codec.has_adapter(genome):
+            return self._give_adapter(genome, frozen)
         if self.fits(genome):
             return genome
         self.check_reachable()
         cost, util = codec.cost_table, self.utility.table
         current = list(genome)
         groups = np.arange(codec.n_groups)
-        no_rank = np.array([rank == 0 for rank in codec.ranks])
         for _ in range(codec.n_groups * codec.n_formats * codec.n_ranks):
             f, r = np.array([g[0] for g in current]), np.array([g[1] for g in current])
             saved = cost[groups, f, r][:, None, None] - cost
             loss = util[groups, f, r][:, None, None] - util
             score = np.where(saved > 0, loss / np.where(saved > 0, saved, 1.0), np.inf)
-            if keep is not None:
-                score[keep] = np.inf
-            adapted = np.flatnonzero(~no_rank[r])
-            if adapt and len(adapted) == 1:
-                score[adapted[0]][:, no_rank] = np.inf  # the last adapter stays
+            score[list(frozen)] = np.inf
+            _keep_last_adapter(codec, score, r, np.inf)
             best = int(np.argmin(score))
             if not np.isfinite(score.flat[best]):
                 break  # every (movable) group at its cheapest option by the table
@@ -82,29 +81,27 @@ class Repairer:
             current = [(int(a), int(b)) for a, b in current]
             if self.fits(tuple(current)):
                 return tuple(current)
-        if keep is not None:
-            return self.repair(genome)  # the other groups alone cannot pay for the kept one
+        if frozen:
+            return self._repair(genome, ())  # the other groups alone cannot pay for the kept ones
         # Only where the memory model is not additive over groups can the table's cheapest corner
         # still exceed the budget; the exact minimum (reachable, checked above) always fits.
         return codec.cheapest_genome
 
-    def _give_adapter(self, genome: Genome) -> Genome:
+    def _give_adapter(self, genome: Genome, frozen: tuple[int, ...]) -> Genome:
         """``genome`` (which has no adapter) with the smallest adapter at one group, repaired; groups tried
-        in order of the prior's value of that adapter. Unchanged (repaired) if no such plan fits."""
+        in order of the prior's value of that adapter, the ``frozen`` ones last (they keep their option
+        while another group can take the adapter). Unchanged (repaired) if no such plan fits."""
         codec, util = self.codec, self.utility.table
         r1 = codec.first_adapter_rank
         assert r1 is not None
         gains = [util[g, f, r1] - util[g, f, r] for g, (f, r) in enumerate(genome)]
-        for g in sorted(range(codec.n_groups), key=lambda g: -gains[g]):
-            adapted = genome[:g] + ((genome[g][0], r1),) + genome[g + 1:]
-            repaired = self.repair(adapted, keep=g)
-            if self.fits(repaired) and codec.has_adapter(repaired):
-                return repaired
+        for g in sorted(range(codec.n_groups), key=lambda g: (g in frozen, -gains[g])):
             cheapest = min(((f, r1) for f in range(codec.n_formats)),
                            key=lambda gene: codec.predicted_peak_bytes(genome[:g] + (gene,) + genome[g + 1:]))
-            repaired = self.repair(genome[:g] + (cheapest,) + genome[g + 1:], keep=g)
-            if self.fits(repaired) and codec.has_adapter(repaired):
-                return repaired
+            for gene in ((genome[g][0], r1), cheapest):
+                repaired = self._repair(genome[:g] + (gene,) + genome[g + 1:], tuple({*frozen, g}))
+                if self.fits(repaired) and codec.has_adapter(repaired):
+                    return repaired
         return self._repair_without_adapter(genome)
 
     def _repair_without_adapter(self, genome: Genome) -> Genome:
@@ -123,7 +120,6 @@ class Repairer:
         if not self.fits(current) or not codec.has_adapter(current):
             current = self.repair(current)
         groups = np.arange(codec.n_groups)
-        no_rank = np.array([rank == 0 for rank in codec.ranks])
         rejected: set[tuple[int, int, int]] = set()
         for _ in range(codec.n_groups * codec.n_formats * codec.n_ranks * 2):
             f, r = np.array([g[0] for g in current]), np.array([g[1] for g in current])
@@ -132,9 +128,7 @@ class Repairer:
             score = np.where(gain > 0, gain / np.maximum(extra, 1.0), -np.inf)
             for key in rejected:
                 score[key] = -np.inf
-            adapted = np.flatnonzero(~no_rank[r])
-            if len(adapted) == 1:
-                score[adapted[0]][:, no_rank] = -np.inf  # a move may trade rank for bits, not the last adapter
+            _keep_last_adapter(codec, score, r, -np.inf)  # a move may trade rank for bits, not the last adapter
             best = int(np.argmax(score))
             if not np.isfinite(score.flat[best]):
                 return current
@@ -147,3 +141,11 @@ class Repairer:
             else:
                 rejected.add((g, int(fi), int(ri)))
         return current
+
+
+def _keep_last_adapter(codec: SearchCodec, score: np.ndarray, ranks: np.ndarray, barred: float) -> None:
+    """Bar (score ``barred``) every rank-0 option of the one group that still trains an adapter, if only
+    one does; ``ranks`` holds each group's rank index."""
+    adapted = np.flatnonzero(~codec.zero_ranks[ranks])
+    if len(adapted) == 1:
+        score[adapted[0]][:, codec.zero_ranks] = barred

@@ -9,6 +9,7 @@ hqq, bitsandbytes) are imported inside the methods, never at module import time.
 
 from __future__ import annotations
 
+import functools
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", copy=True)
 
 
+@functools.cache
+def _installed_version(distribution: str) -> str:
+    """The installed version, read once per process: the layer cache asks for every layer it reads or
+    writes, and each metadata lookup scans the import path (~1 ms)."""
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
 @dataclass(frozen=True)
 class Backend(ABC):
     """One quantization backend. Instances are immutable; each backend module exports ``BACKEND``."""
@@ -52,10 +62,8 @@ class Backend(ABC):
 
     def version_tag(self) -> str:
         """``hqq-0.2.8.torch-2.13.0``: the code a stored layer came from. A cached layer or prior measured
-        with another version of the quantizing library is not reused (the metadata read imports nothing)."""
-        from importlib.metadata import version
-
-        return ".".join(f"{lib}-{version(lib)}" for lib in (*([self.library] if self.library else []), "torch"))
+        with another version of the quantizing library is not reused."""
+        return ".".join(f"{lib}-{_installed_version(lib)}" for lib in (*([self.library] if self.library else []), "torch"))
 
     @abstractmethod
     def build(self, linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, device: str) -> nn.Module:
