@@ -212,12 +212,8 @@ class Finals:
         from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
         if (task, init) not in self._evaluators:
-            space = load_space(self.setup.space)
-            t = space.training
-            self._evaluators[(task, init)] = Evaluator(EvaluatorConfig(
-                model=space.model, task=task, compute_dtype=t.compute_dtype, device=self.setup.device,
-                learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
-                optimizer=t.optimizer, init=init))
+            self._evaluators[(task, init)] = Evaluator(EvaluatorConfig.for_space(
+                load_space(self.setup.space), task, device=self.setup.device, init=init))
         return self._evaluators[(task, init)]
 
 

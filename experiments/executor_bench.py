@@ -69,10 +69,7 @@ def micro_wall(workers: int, trials: int) -> dict[str, Any]:
     from autoqra.trials.evaluator import EvaluatorConfig
 
     space = load_space("default")
-    t = space.training
-    config = EvaluatorConfig(model=space.model, task=space.task, compute_dtype=t.compute_dtype, device="cpu",
-                             learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio,
-                             alpha_ratio=t.lora_alpha_ratio, optimizer=t.optimizer)
+    config = EvaluatorConfig.for_space(space, device="cpu")
     plan = qlora_plan(model_spec(space.model), space.granularity)
     fidelities = dict(space.fidelities)
     executor = LocalExecutor(TrialEvaluatorFactory(config), fidelities,

@@ -105,7 +105,6 @@ def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
     space = load_space(args.space)
-    t = space.training
     cells = [(label, plan, f, 0) for f in ("low", "high", "final") for label, plan in plans]
     cells += [(label, plan, "final", 1) for label, plan in plans[:SEED_SUBSET]]
     todo = [c for c in cells
@@ -113,10 +112,7 @@ def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None
     print(f"fidelity study: {len(plans)} plans, {len(cells)} cells, {len(todo)} to run", file=sys.stderr, flush=True)
     if not todo:
         return
-    evaluator = Evaluator(EvaluatorConfig(model=space.model, task=space.task, compute_dtype=t.compute_dtype,
-                                          device=args.device, learning_rate=t.learning_rate,
-                                          warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
-                                          optimizer=t.optimizer))
+    evaluator = Evaluator(EvaluatorConfig.for_space(space, device=args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (label, plan, fidelity, seed_index) in enumerate(todo, 1):
         seed = derive_seed(args.seed + seed_index, plan.plan_hash, fidelity)

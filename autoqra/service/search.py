@@ -315,9 +315,7 @@ def _evaluator_config(p: PreparedSearch) -> tuple[EvaluatorConfig, bool]:
     # its gradient checkpointing, so their measured peaks compare with the prediction; on CPU
     # checkpointing would only slow trials (same gradients) and peaks are not measured.
     checkpointing = t.grad_checkpointing and device == "cuda"
-    config = EvaluatorConfig(model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=device,
-                             learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
-                             grad_checkpointing=checkpointing, optimizer=t.optimizer)
+    config = EvaluatorConfig.for_space(p.space, p.task, device=device, grad_checkpointing=checkpointing)
     checkpoint_note = "on" if checkpointing else "off (it changes memory, not results; the memory objective " \
                                                  "still uses the budget setup)"
     log.info(f"  trials    on {device}, {t.compute_dtype}, {t.optimizer}, gradient checkpointing {checkpoint_note}")

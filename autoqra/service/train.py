@@ -86,9 +86,7 @@ def run_train(request: TrainRequest | PreparedTrain) -> TrainRun:
     p = request if isinstance(request, PreparedTrain) else prepare_train(request)
     check_empty_output_dir(p.request.out, "--out")  # again: a prepared run may be run twice
     t, f = p.space.training, p.fidelity
-    config = EvaluatorConfig(model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=p.device,
-                             learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio,
-                             alpha_ratio=t.lora_alpha_ratio, optimizer=t.optimizer)
+    config = EvaluatorConfig.for_space(p.space, p.task, device=p.device)
     log.info(f"train: model {p.space.model}, task {p.task}, fidelity {f.name}: {f.steps} steps x batch {f.batch_size} "
              f"x seq {f.seq_len}, {f.eval_examples} eval examples; {t.compute_dtype}, {t.optimizer}, lr "
              f"{t.learning_rate:g}, seed {p.seed} (from --seed {p.request.seed}); on {p.device}")

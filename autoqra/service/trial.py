@@ -49,11 +49,8 @@ def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
 
     p = request if isinstance(request, PreparedTrial) else prepare_trial(request)
     r, t, f = p.request, p.space.training, p.fidelity
-    config = EvaluatorConfig(
-        model=p.space.model, task=p.task, compute_dtype=t.compute_dtype, device=p.device,
-        learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio, init=r.init,
-        grad_checkpointing=r.grad_checkpointing, optimizer=t.optimizer,
-    )
+    config = EvaluatorConfig.for_space(p.space, p.task, device=p.device, init=r.init,
+                                       grad_checkpointing=r.grad_checkpointing)
     log.info(f"trial: model {p.space.model}, task {p.task}, fidelity {f.name} ({f.steps} steps x batch {f.batch_size} "
              f"x seq {f.seq_len}, {f.eval_examples} eval examples), {t.compute_dtype}, {t.optimizer}, init {r.init}, "
              f"seed {p.seed}")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoqra.domain import NO_ADAPTER_MESSAGE, Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
 from autoqra.space.memory import MemoryModel, OptimizerName, TrainingSetup
@@ -28,6 +28,9 @@ from autoqra.trials.lora import attach_lora, init_default, init_from_residuals
 from autoqra.trials.models import Weights, cache_root, load_causal_lm, resolve_device, resolve_weights
 from autoqra.trials.quantize import quantize_model
 from autoqra.trials.train import TrainConfig, TrainOutcome, eval_accuracy, eval_loss, train
+
+if TYPE_CHECKING:
+    from autoqra.space.search_space import SearchSpace
 
 _VERSIONED = ("torch", "transformers", "peft", "hqq", "bitsandbytes", "autoqra")
 
@@ -46,6 +49,15 @@ class EvaluatorConfig:
     optimizer: OptimizerName = "adamw"
     data_seed: int = 0
     cache_dir: Path | None = None  # quantized-layer cache root; None: the user cache (models.cache_root)
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, task: str | None = None, **settings: Any) -> EvaluatorConfig:
+        """The trials of ``space``: its model and ``training`` section, on ``task`` (the space's own when
+        None); ``settings`` are the fields a space does not fix (device, init, grad_checkpointing, ...)."""
+        t = space.training
+        return cls(model=space.model, task=task if task is not None else space.task, compute_dtype=t.compute_dtype,
+                   learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio, alpha_ratio=t.lora_alpha_ratio,
+                   optimizer=t.optimizer, **settings)
 
 
 def library_versions() -> tuple[tuple[str, str], ...]:
