@@ -99,9 +99,7 @@ def run_one(plan_name: str, seed: int, n_extra: int) -> dict[str, Any]:
     space = load_space("default")
     spec, t, final = model_spec(space.model), space.training, space.fidelities["final"]
     plan = qlora_plan(spec) if plan_name == "qlora-nf4dq-r16" else lora16_plan(spec, t.compute_dtype)
-    evaluator = Evaluator(EvaluatorConfig(model=space.model, task="extract", compute_dtype=t.compute_dtype,
-                                          learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio,
-                                          alpha_ratio=t.lora_alpha_ratio, optimizer=t.optimizer))
+    evaluator = Evaluator(EvaluatorConfig.for_space(space, "extract"))
     started = time.perf_counter()
     model, tokenizer = evaluator.build_model(plan, seed)
     data = evaluator.task_data(tokenizer, final)
