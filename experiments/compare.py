@@ -529,6 +529,7 @@ def smoke_space(folder: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=["main", "secondary", "all"], default="main")
+    parser.add_argument("--tasks", nargs="+", help="only the grids of these tasks (default: every grid's)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--references", nargs="+", choices=REFERENCES, default=list(REFERENCES))
     parser.add_argument("--max-trials", type=float, help="trial budget of every search (default: the quick preset's)")
@@ -553,7 +554,8 @@ def main() -> int:
     else:
         setup = Setup(space="default", out=out, runs=out / "runs", max_trials=args.max_trials,
                       methods=tuple(args.methods), references=tuple(args.references), final_seeds=FINAL_SEEDS,
-                      grids=tuple(grids(args.grid)), device=args.device)
+                      grids=tuple(g for g in grids(args.grid) if not args.tasks or g.task in args.tasks),
+                      device=args.device)
         doc, plot = ROOT / "docs" / "results.md", ROOT / "docs" / "results-best-so-far.png"
     try:
         if not args.report:
