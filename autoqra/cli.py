@@ -80,7 +80,7 @@ def _add_trial(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "held-out split.",
     )
     add_plan_arguments(trial)
-    trial.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
+    trial.add_argument("--task", help="news, arith, extract, codebook or a .jsonl file (default: the space's task)")
     trial.add_argument("--fidelity", default="micro", help="fidelity name from the space (default: micro)")
     trial.add_argument("--init", choices=["default", "loftq"], default="default",
                        help="adapter init: PEFT default (B=0), or loftq (rank-r SVD of the quantization residual)")
@@ -100,7 +100,7 @@ def _add_priors(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "one group at the space's lowest format. Demand: mean squared LoRA gradient norm per group.",
     )
     add_model_arguments(pri)
-    pri.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
+    pri.add_argument("--task", help="news, arith, extract, codebook or a .jsonl file (default: the space's task)")
     pri.add_argument("--calibration", type=int, default=16, help="calibration sequences (default 16)")
     pri.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
     pri.add_argument("--demand-batches", type=int, default=4, help="training batches for the demand (default 4)")
@@ -117,7 +117,7 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     srch.add_argument("--budget", help=BUDGET_HELP + " (required, except with --resume)")
     add_model_arguments(srch)
-    srch.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
+    srch.add_argument("--task", help="news, arith, extract, codebook or a .jsonl file (default: the space's task)")
     srch.add_argument("--preset", choices=["quick", "standard", "paper"],
                       help="search effort: population, promotions, trial budget, priors (default: quick)")
     srch.add_argument("--strategy", choices=["autoqra", "random", "uniform", "sequential", "optuna-nsga2", "optuna-tpe"],

@@ -7,8 +7,9 @@ the same trial budget (the preset's, in high-trial units), each chosen plan retr
 with fixed trial seeds. Grids:
 
 - ``main``: task ``news`` at the ``qlora`` budget, 3 search seeds, 2 `final` seeds;
-- ``secondary``: 1 search seed, 2 `final` seeds; the ``extract`` task at ``qlora``, and ``news`` at
-  85% of the ``qlora`` budget.
+- ``secondary``: 1 search seed, 2 `final` seeds; the ``codebook`` task at ``qlora`` (where adapter
+  capacity matters; it replaced ``extract``, whose `final` results turned on whether one 12-entry table
+  was learned at all: ``experiments/extract_noise.py``), and ``news`` at 85% of the ``qlora`` budget.
 
 Resumable: each cell (method, task, budget, seed) is a JSON file under ``--out`` written when it
 finishes, and each `final` retrain of a plan is a cell of its own (shared by the methods that chose
@@ -67,7 +68,7 @@ class Grid:
 
 def grids(name: str) -> list[Grid]:
     main = [Grid("news", "qlora", (0, 1, 2))]
-    secondary = [Grid("extract", "qlora", (0,)), Grid("news", f"{round(100 * TIGHT)}%qlora", (0,))]
+    secondary = [Grid("codebook", "qlora", (0,)), Grid("news", f"{round(100 * TIGHT)}%qlora", (0,))]
     return {"main": main, "secondary": secondary, "all": main + secondary}[name]
 
 
@@ -514,7 +515,7 @@ def smoke_space(folder: Path) -> Path:
     if path.is_file():
         return path
     save_tiny_llama(folder / "model")
-    fid = {"batch_size": 2, "seq_len": 64, "eval_examples": 4}  # 64: an extract record is never cut
+    fid = {"batch_size": 2, "seq_len": 64, "eval_examples": 4}  # 64: an extract or codebook record is never cut
     path.write_text(yaml.safe_dump({
         "version": 1, "name": "compare-smoke", "model": str(folder / "model"), "granularity": "block",
         "choices": {"formats": [{"name": "hqq", "bits": b, "group_size": 64} for b in (2, 3, 4, 8)]
@@ -548,7 +549,7 @@ def main() -> int:
     if args.smoke:
         setup = Setup(space=str(smoke_space(_mkdir(out / "smoke-model"))), out=out, runs=out / "runs",
                       max_trials=args.max_trials or 6.0, methods=("sequential", "autoqra"), references=("lora16-r16", "qlora-nf4dq-r16"),
-                      final_seeds=(1,), grids=(Grid("news", "qlora", (0,)), Grid("extract", "qlora", (0,))),
+                      final_seeds=(1,), grids=(Grid("news", "qlora", (0,)), Grid("codebook", "qlora", (0,))),
                       device="cpu")
         doc, plot = out / "results.md", out / "best-so-far.png"
     else:

@@ -26,7 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_plan_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="new (or empty) directory for the adapter")
-    parser.add_argument("--task", help="news, arith, extract or a .jsonl file (default: the space's task)")
+    parser.add_argument("--task", help="news, arith, extract, codebook or a .jsonl file (default: the space's task)")
     parser.add_argument("--fidelity", default="final", help="the space's schedule to train with (default: final)")
     parser.add_argument("--steps", type=int, help="train this many steps of that fidelity's batches instead")
     parser.add_argument("--evals", type=int, default=4, help="held-out evaluations along the way, the last at the "

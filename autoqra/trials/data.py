@@ -10,6 +10,12 @@
   the count in words or digits -> digits, the item -> its stock code from a fixed table, the order day
   and the stated delay -> the delivery weekday. Generated from a seed; disjoint train/eval; prompt
   masked; metric: held-out loss on the record tokens.
+- ``codebook``: the adapter must store many new facts: an 8-word window of news text is rewritten with a
+  fixed codebook that replaces the corpus's 128 most frequent words by invented code words (``the`` ->
+  ``kuzo``), copying every other word. Each code word is its own fact, seen from dozens of times (``the``)
+  to a couple of times per `final` run (the rarest), so the held-out loss falls by degrees as more of
+  the table is learned, not in one jump; windows of held-out articles; prompt masked; metric: held-out
+  loss on the rewritten window.
 - a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
   ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
 """
@@ -34,7 +40,7 @@ log = logging.getLogger(__name__)
 
 IGNORE = -100
 EVAL_FRACTION = 0.1
-TASK_NAMES = ("news", "arith", "extract")
+TASK_NAMES = ("news", "arith", "extract", "codebook")
 
 
 class TaskError(AutoQRAError):
@@ -152,6 +158,67 @@ def extract_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted],
     return _generated_split("extract", extract_problem, seed, n_train, n_eval)
 
 
+CODEBOOK_SIZE = 128  # the most frequent words of the news corpus (49% of its words)
+CODEBOOK_WINDOW = 8  # words per record: prompt and answer fit the default space's 64-token rows
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_EDGES = re.compile(r"^(\W*)(.*?)(\W*)$")
+
+
+def _word_core(word: str) -> tuple[str, str, str]:
+    """(leading punctuation, the word, trailing punctuation)."""
+    m = _EDGES.match(word)
+    assert m is not None  # the pattern matches every string
+    return m.group(1), m.group(2), m.group(3)
+
+
+def codebook() -> dict[str, str]:
+    """The ``codebook`` task's fixed table: the news corpus's ``CODEBOOK_SIZE`` most frequent lowercase
+    words -> invented two-syllable code words (seeded; none is a word of the corpus, none repeats)."""
+    from collections import Counter
+
+    counts = Counter(core.lower() for doc in news_articles() for word in doc.split()
+                     if (core := _word_core(word)[1]).isalpha())
+    vocab, rng, table = set(counts), random.Random("codebook"), {}
+    for word, _ in counts.most_common(CODEBOOK_SIZE):  # ties keep corpus order: deterministic
+        code = word
+        while code in vocab or code in table.values():
+            code = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2))
+        table[word] = code
+    return table
+
+
+def encode_words(text: str, table: dict[str, str]) -> str:
+    """``text`` with every word of ``table`` (matched in lowercase, punctuation kept) replaced by its code."""
+    out = []
+    for word in text.split():
+        lead, core, trail = _word_core(word)
+        code = table.get(core.lower())
+        out.append(lead + code + trail if code else word)
+    return " ".join(out)
+
+
+def codebook_split(seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
+    """Windows of training articles and of held-out articles (the news split of ``seed``), each shuffled
+    by the seed; the eval set depends on the seed only, not on n_train."""
+    table = codebook()
+    train_docs, eval_docs = _split_docs(news_articles(), seed)
+
+    def windows(docs: list[str], tag: str) -> list[Prompted]:
+        items = []
+        for doc in docs:
+            words = doc.split()
+            for i in range(0, len(words) - CODEBOOK_WINDOW + 1, CODEBOOK_WINDOW):
+                text = " ".join(words[i:i + CODEBOOK_WINDOW])
+                items.append(Prompted(prompt=f"Encode: {text}\nCode:", answer=f" {encode_words(text, table)}"))
+        random.Random(f"codebook-{tag}-{seed}").shuffle(items)
+        return items
+
+    train, evals = windows(train_docs, "train"), windows(eval_docs, "eval")
+    if n_eval > len(evals):
+        raise TaskError(f"task codebook has {len(evals)} held-out windows; {n_eval} were asked for")
+    return [train[i % len(train)] for i in range(n_train)], evals[:n_eval]
+
+
 def _generated_split(kind: str, make: Any, seed: int, n_train: int, n_eval: int) -> tuple[list[Prompted], list[Prompted]]:
     eval_rng = random.Random(f"{kind}-eval-{seed}")
     evals: list[Prompted] = []
@@ -222,8 +289,9 @@ def build_task(task: str, tokenizer: Any, seq_len: int, eval_examples: int, trai
         ti, tl = _prompted_rows(train, tokenizer, seq_len)
         ei, el = _prompted_rows(evals, tokenizer, seq_len)
         return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), tuple(evals), "accuracy")
-    if task == "extract":
-        train, evals = extract_split(data_seed, train_rows, eval_examples)
+    if task in ("extract", "codebook"):
+        split = extract_split if task == "extract" else codebook_split
+        train, evals = split(data_seed, train_rows, eval_examples)
         ti, tl = _prompted_rows(train, tokenizer, seq_len)
         ei, el = _prompted_rows(evals, tokenizer, seq_len)
         return TaskData(_tensor(ti), _tensor(tl), _tensor(ei), _tensor(el), (), "loss")
@@ -246,7 +314,7 @@ def check_task(task: str) -> None:
     """Raise TaskError unless ``task`` can be built: a known name whose data is installed, or a
     readable ``.jsonl`` file with enough well-formed records. Needs no tokenizer (cheap, before any
     model load)."""
-    if task == "news":
+    if task in ("news", "codebook"):
         _gensim_data("lee_background.cor")
         return
     if task in ("arith", "extract"):
@@ -265,6 +333,9 @@ def task_fingerprint(task: str) -> str:
 
     if task == "news":
         data = _gensim_data("lee_background.cor").read_bytes()
+    elif task == "codebook":
+        data = _gensim_data("lee_background.cor").read_bytes() + json.dumps(
+            [CODEBOOK_WINDOW, sorted(codebook().items())]).encode()
     elif task in ("arith", "extract"):
         train, evals = _generated_split(task, arith_problem if task == "arith" else extract_problem, 0, 16, 16)
         data = json.dumps([[p.prompt, p.answer] for p in train + evals]).encode()

@@ -25,8 +25,8 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     first = compare(out, cache_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     cells = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
-    expected = {f"{m}.{task}.qlora.s0.json" for m in ("sequential", "autoqra") for task in ("news", "extract")}
-    expected |= {f"ref.{r}.{task}.qlora.json" for r in ("lora16-r16", "qlora-nf4dq-r16") for task in ("news", "extract")}
+    expected = {f"{m}.{task}.qlora.s0.json" for m in ("sequential", "autoqra") for task in ("news", "codebook")}
+    expected |= {f"ref.{r}.{task}.qlora.json" for r in ("lora16-r16", "qlora-nf4dq-r16") for task in ("news", "codebook")}
     assert set(cells) == expected
     for cell in cells.values():
         assert len(cell["final"]) == 1 and all(math.isfinite(v) for v in cell["final"])
@@ -52,7 +52,7 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     report = (out / "runs" / "autoqra.news.qlora.s0" / "report.txt").read_text()
     assert "final selection: the best" in report and "chosen plan (by its final result)" in report
     text = (out / "results.md").read_text()
-    for task in ("news", "extract"):
+    for task in ("news", "codebook"):
         assert f"## {task} at qlora" in text
     for method in ("lora16-r16", "qlora-nf4dq-r16", "sequential", "autoqra"):
         assert text.count(f"| {method} |") == 2
@@ -64,14 +64,14 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     lost = out / "cells" / "sequential.news.qlora.s0.json"
     lost_cell = json.loads(lost.read_text())
     lost.unlink()
-    unfinished = out / "runs" / "autoqra.extract.qlora.s0"
+    unfinished = out / "runs" / "autoqra.codebook.qlora.s0"
     (unfinished / "summary.json").unlink()
-    (out / "cells" / "autoqra.extract.qlora.s0.json").unlink()
+    (out / "cells" / "autoqra.codebook.qlora.s0.json").unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     again = compare(out, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "search sequential" not in again.stderr and "search autoqra on news" not in again.stderr
-    assert "search autoqra on extract" in again.stderr and "holds an unfinished run" in again.stderr
+    assert "search autoqra on codebook" in again.stderr and "holds an unfinished run" in again.stderr
     assert json.loads(lost.read_text())["final"] == lost_cell["final"]
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p in mtimes} == mtimes
     # another trial budget on the same cells is refused in one line, before anything runs

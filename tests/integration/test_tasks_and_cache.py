@@ -1,4 +1,4 @@
-"""Tasks (news, arith, extract, JSONL) and the quantized-layer cache."""
+"""Tasks (news, arith, extract, codebook, JSONL) and the quantized-layer cache."""
 
 import json
 import re
@@ -8,8 +8,8 @@ import torch
 from transformers import AutoTokenizer
 
 from autoqra.domain import QuantFormat
-from autoqra.trials.data import (_DAYS, _DELAYS, _SKUS, IGNORE, TaskError, arith_split, build_task, extract_split,
-                                 news_articles, number_words)
+from autoqra.trials.data import (_DAYS, _DELAYS, _SKUS, CODEBOOK_SIZE, IGNORE, TaskError, arith_split, build_task,
+                                 codebook, codebook_split, encode_words, extract_split, news_articles, number_words)
 from autoqra.trials.layer_cache import LayerCache
 
 
@@ -77,6 +77,31 @@ def test_extract_is_disjoint_deterministic_masked_and_fits_the_high_rows(tok):
         assert tok.decode(ids[:first]).startswith("Sentence:")  # the prompt is not
 
 
+def test_codebook_rewrites_held_out_windows_with_one_fixed_table(tok):
+    table = codebook()
+    assert len(table) == CODEBOOK_SIZE and len(set(table.values())) == CODEBOOK_SIZE and table == codebook()
+    assert "the" in table and "said" in table and not set(table.values()) & set(table)  # codes are not corpus words
+    assert encode_words('"The zebra said, the end.', table) == f'"{table["the"]} zebra {table["said"]}, {table["the"]} end.'
+    train, evals = codebook_split(seed=0, n_train=400, n_eval=48)
+    assert codebook_split(0, 10, 48)[1] == evals and codebook_split(1, 10, 48)[1] != evals
+    assert len(train) == 400 and not {p.prompt for p in train} & {p.prompt for p in evals}
+    articles = [" ".join(a.split()) for a in news_articles()]
+    for item in evals:  # 8-word windows of the corpus, rewritten
+        text = item.prompt.removeprefix("Encode: ").removesuffix("\nCode:")
+        assert len(text.split()) == 8 and any(text in a for a in articles)
+        assert item.answer == " " + encode_words(text, table)
+    coded = sum(w in table.values() for p in train for w in re.findall(r"[a-z]+", p.answer))
+    assert 0.3 < coded / sum(len(p.answer.split()) for p in train) < 0.7  # about half the words are codes
+    data = build_task("codebook", tok, 64, 48, train_rows=64)
+    assert data.metric == "loss" and data.eval_ids.shape == (48, 64) and data.train_ids.shape == (64, 64)
+    for ids, labels, item in zip(data.eval_ids.tolist(), data.eval_labels.tolist(), evals, strict=True):
+        first = labels.index(next(lab for lab in labels if lab != IGNORE))
+        assert tok.decode(ids[:first]) == item.prompt  # the prompt is not scored, the whole answer is
+        assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]) == item.answer + tok.eos_token
+    with pytest.raises(TaskError, match="held-out windows"):
+        codebook_split(0, 1, 10**6)
+
+
 def test_jsonl_text_and_alpaca(tok, tmp_path):
     text = tmp_path / "docs.jsonl"
     text.write_text("\n".join(json.dumps({"text": f"Document {i}. " + "words " * 80}) for i in range(20)))
@@ -132,9 +157,9 @@ def test_layer_cache_round_trips_through_memory_and_disk(tmp_path, fmt):
 def test_task_fingerprint_follows_the_data(tmp_path):
     from autoqra.trials.data import task_fingerprint
 
-    names = ("news", "arith", "extract")
+    names = ("news", "arith", "extract", "codebook")
     prints = [task_fingerprint(t) for t in names]
-    assert len(set(prints)) == 3 and prints == [task_fingerprint(t) for t in names]
+    assert len(set(prints)) == 4 and prints == [task_fingerprint(t) for t in names]
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
     before = task_fingerprint(str(data))
