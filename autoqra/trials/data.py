@@ -12,7 +12,7 @@
   masked; metric: held-out loss on the record tokens.
 - ``codebook``: the adapter must store many new facts: an 8-word window of news text is rewritten with a
   fixed codebook that replaces the corpus's 128 most frequent words by invented code words (``the`` ->
-  ``kuzo``), copying every other word. Each code word is its own fact, seen from dozens of times (``the``)
+  ``toto``), copying every other word. Each code word is its own fact, seen from dozens of times (``the``)
   to a couple of times per `final` run (the rarest), so the held-out loss falls by degrees as more of
   the table is learned, not in one jump; windows of held-out articles; prompt masked; metric: held-out
   loss on the rewritten window.
