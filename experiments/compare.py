@@ -344,7 +344,9 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
              f"(command: `{command}`). Objective = -held-out loss at `final`, higher is better; mean ± std over "
              "search seeds x `final` seeds; gap closed = share of the QLoRA -> 16-bit LoRA gap. "
              "Every figure is a real training run on this machine.", "",
-             "Reading the columns: `n` counts `final` results (search seeds x `final` trial seeds 1 and 2); trial "
+             "Reading the columns: `n` counts `final` results (search seeds x `final` trial seeds 1 and 2); "
+             "`vs QLoRA, paired` is the mean ± std of (plan - QLoRA NF4-DQ r16) at the same `final` seed (every "
+             "plan is retrained with the same seeds, so this removes the part of the spread that all plans share); trial "
              "cost is what the search spent, its final selection included; search wall is the search alone "
              "(the retrains at seeds 1 and 2 are not in it). References are single plans trained without search.", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
@@ -356,16 +358,16 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
         refs = {c["method"]: c for c in cells if c["kind"] == "reference" and c["task"] == task}
         ceiling, floor = _mean(refs.get("lora16-r16")), _mean(refs.get("qlora-nf4dq-r16"))
         lines += [f"## {task} at {budget} ({rows[0]['budget_bytes'] / 2**20:.1f} MiB)", "",
-                  "| method | final objective | n | gap closed | avg bits | avg rank | predicted peak | budget "
-                  "| trial cost (high units, final selection included) | search wall | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | final objective | n | vs QLoRA, paired | gap closed | avg bits | avg rank | predicted peak "
+                  "| budget | trial cost (high units, final selection included) | search wall | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         methods = [m for m in (*REFERENCES, *METHODS) if any(c["method"] == m for c in rows)]
         for method in methods:
             mine = [c for c in rows if c["method"] == method and c["plan"] is not None]
             values = [v for c in mine for v in c["final"] if v is not None]
             missing = [c["seed"] for c in rows if c["method"] == method and c["plan"] is None]
             if missing:
-                lines.append(f"| {method} | no plan chosen (seeds {', '.join(map(str, missing))}) |" + " |" * 9)
+                lines.append(f"| {method} | no plan chosen (seeds {', '.join(map(str, missing))}) |" + " |" * 10)
             if not values:
                 continue
             mean = statistics.fmean(values)
@@ -380,7 +382,8 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
             over = " (over budget)" if frac > 1 + 1e-9 else ""
             searched = mine[0]["kind"] == "method"
             digits = 4 if abs(mean) >= 0.01 else 6
-            lines.append(f"| {method} | {mean:.{digits}f} ± {std:.{digits}f} | {len(values)} | {gap} | "
+            lines.append(f"| {method} | {mean:.{digits}f} ± {std:.{digits}f} | {len(values)} | "
+                         f"{paired(mine, refs.get('qlora-nf4dq-r16'), digits)} | {gap} | "
                          f"{statistics.fmean(c['avg_bits'] for c in mine):.2f} | "
                          f"{statistics.fmean(c['avg_rank'] for c in mine):.1f} | {peak / 2**20:.1f} MiB | "
                          f"{100 * frac:.1f}%{over} | {f'{cost:.1f}' if searched else '-'} | "
@@ -390,8 +393,8 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                   if len(v) > 1]
         if ceiling is not None and floor is not None and spread and abs(ceiling - floor) < 2 * max(spread):
             lines += [f"The QLoRA -> 16-bit LoRA gap here ({abs(ceiling - floor):.2g}) is within twice the seed spread "
-                      f"of the references ({max(spread):.2g}): at `final` this grid does not separate plans, and its "
-                      "gap-closed column is noise.", ""]
+                      f"of the references ({max(spread):.2g}), so its gap-closed column is noise; compare plans by "
+                      "the paired column, whose spread leaves out what a `final` seed does to every plan alike.", ""]
         lines += [TASK_NOTES[task], ""] if task in TASK_NOTES else []
         lines += reach_random(rows)
         lines += trade_offs(rows, {c["method"]: c for c in rows if c["kind"] == "reference"}, ceiling, floor)
@@ -470,6 +473,22 @@ def trade_offs(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]], ceil
                          f"of 90% of the gap ({target:.4f}); bought at the rates above, that is {costs}, beyond "
                          f"the budget's {rows[0]['budget_bytes'] / 2**20:.1f} MiB (linear extrapolations)")
     return [*lines, ""]
+
+
+def paired(mine: list[dict[str, Any]], qlora: dict[str, Any] | None, digits: int) -> str:
+    """Mean ± std of (this plan - QLoRA) at the same `final` trial seed. Every plan is retrained with the
+    same seeds (the same batch order), so a seed that is good for one plan tends to be good for all:
+    the paired difference shows what the pooled spread hides."""
+    if qlora is None:
+        return "-"
+    if any(c is qlora for c in mine):
+        return "(reference)"
+    diffs = [v - q for c in mine for v, q in zip(c["final"], qlora["final"], strict=True)
+             if v is not None and q is not None]
+    if not diffs:
+        return "-"
+    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.fmean(diffs):+.{digits}f} ± {std:.{digits}f}"
 
 
 def _mean(cell: dict[str, Any] | None) -> float | None:
