@@ -12,6 +12,7 @@ committed as they come. Cells run cheapest first (all ``low``, then ``high``, th
 
     .venv/bin/python experiments/fidelity_study.py                 # run what is missing, then report
     .venv/bin/python experiments/fidelity_study.py --report-only   # only the report from the cells
+    .venv/bin/python experiments/fidelity_study.py --task codebook # the same study on another task
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_SUBSET = 5  # plans that get a second `final` seed
 
 
-def study_plans(space_name: str, n_random: int, seed: int, out: Path) -> list[tuple[str, object]]:
+def study_plans(space_name: str, n_random: int, seed: int, out: Path, task: str | None = None) -> list[tuple[str, object]]:
     """(label, Plan) pairs. Chosen once, then read back from ``plans.json`` in ``out``: the study's set
     stays fixed while the search's priors and utility change (its cells are keyed by plan hash)."""
     from autoqra.domain import Plan
@@ -38,15 +39,15 @@ def study_plans(space_name: str, n_random: int, seed: int, out: Path) -> list[tu
     frozen = out / f"plans.{space_name}.json"
     if frozen.is_file():
         return [(row["label"], Plan.from_dict(row["plan"], str(frozen))) for row in json.loads(frozen.read_text())]
-    plans = choose_plans(space_name, n_random, seed)
+    plans = choose_plans(space_name, n_random, seed, task)
     out.mkdir(parents=True, exist_ok=True)
     frozen.write_text(json.dumps([{"label": label, "plan": plan.to_dict()} for label, plan in plans],
                                  indent=1) + "\n")
     return plans
 
 
-def choose_plans(space_name: str, n_random: int, seed: int) -> list[tuple[str, object]]:
-    """(label, Plan) pairs, deterministic for a space, seed and the code of the day; duplicates dropped."""
+def choose_plans(space_name: str, n_random: int, seed: int, task: str | None = None) -> list[tuple[str, object]]:
+    """(label, Plan) pairs, deterministic for a space, task, seed and the code of the day; duplicates dropped."""
     import numpy as np
 
     from autoqra.search.baselines import sequential_stage
@@ -68,7 +69,7 @@ def choose_plans(space_name: str, n_random: int, seed: int) -> list[tuple[str, o
     p = preset("quick").priors
     priors, _, _ = cached_space_priors(model=space.model, granularity=space.granularity,
                                        lowest=space.ladder(spec)[0], compute_dtype=space.training.compute_dtype,
-                                       task=space.task, calibration=p.calibration, seq_len=p.seq_len,
+                                       task=task or space.task, calibration=p.calibration, seq_len=p.seq_len,
                                        demand_batches=p.demand_batches, seed=0)
     plans: list[tuple[str, object]] = [("qlora-nf4dq-r16", qlora_plan(spec, space.granularity))]
     for genome in [g for g in uniform_that_fit(codec, budget) if g[0][1] > 0][:5]:
@@ -112,7 +113,7 @@ def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None
     print(f"fidelity study: {len(plans)} plans, {len(cells)} cells, {len(todo)} to run", file=sys.stderr, flush=True)
     if not todo:
         return
-    evaluator = Evaluator(EvaluatorConfig.for_space(space, device=args.device))
+    evaluator = Evaluator(EvaluatorConfig.for_space(space, args.task, device=args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (label, plan, fidelity, seed_index) in enumerate(todo, 1):
         seed = derive_seed(args.seed + seed_index, plan.plan_hash, fidelity)
@@ -178,14 +179,18 @@ def main() -> int:
     parser.add_argument("--random-plans", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="run seed: trial seeds derive from it (default 0)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "fidelity")
+    parser.add_argument("--task", help="train on this task instead of the space's (its priors choose the plans)")
+    parser.add_argument("--out", type=Path, help="cells folder (default experiments/results/fidelity, or "
+                                                 "fidelity-TASK with --task)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "experiments" / "results" / ("fidelity" + (f"-{args.task}" if args.task else ""))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from autoqra.cli import quiet_libraries
 
     quiet_libraries("search", verbose=False)  # no progress bar per trial, as in the CLI
-    plans = study_plans(args.space, args.random_plans, args.seed, args.out)
+    plans = study_plans(args.space, args.random_plans, args.seed, args.out, args.task)
     if not args.report_only:
         run_cells(args, plans)
     report(args.out, args.space, plans)
