@@ -481,7 +481,7 @@ def paired(mine: list[dict[str, Any]], qlora: dict[str, Any] | None, digits: int
     the paired difference shows what the pooled spread hides."""
     if qlora is None:
         return "-"
-    if any(c is qlora for c in mine):
+    if any(c["method"] == qlora["method"] for c in mine):
         return "(reference)"
     diffs = [v - q for c in mine for v, q in zip(c["final"], qlora["final"], strict=True)
              if v is not None and q is not None]
