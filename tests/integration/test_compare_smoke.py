@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,10 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
         assert f"## {task} at qlora" in text
     for method in ("lora16-r16", "qlora-nf4dq-r16", "sequential", "autoqra"):
         assert text.count(f"| {method} |") == 2
+    # each plan against QLoRA at the same final seed: QLoRA is the reference of both grids, the others a difference
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and " MiB | " in line]
+    assert sorted(r[3] for r in rows if r[0] == "| qlora-nf4dq-r16") == ["(reference)"] * 2
+    assert all(re.fullmatch(r"[+-]\d+\.\d+ ± 0\.\d+", r[3]) for r in rows if r[0] != "| qlora-nf4dq-r16")
     image = matplotlib.image.imread(out / "best-so-far.png")
     assert image.shape[0] > 200 and image.shape[1] > 400 and float(image.std()) > 0.02  # decodes, not blank
 
