@@ -12,10 +12,10 @@
   masked; metric: held-out loss on the record tokens.
 - ``codebook``: the adapter must store many new facts: an 8-word window of news text is rewritten with a
   fixed codebook that replaces the corpus's 128 most frequent words by invented code words (``the`` ->
-  ``toto``), copying every other word. Each code word is its own fact, seen from dozens of times (``the``)
-  to a couple of times per `final` run (the rarest), so the held-out loss falls by degrees as more of
-  the table is learned, not in one jump; windows of held-out articles; prompt masked; metric: held-out
-  loss on the rewritten window.
+  ``toto``), copying every other word. Each code word is its own fact, seen from hundreds of times
+  (``the``) to a couple of times per `final` run (the rarest); windows of held-out articles; prompt
+  masked; metric: held-out loss on the rewritten window. Measured at `final`: a trial seed moves every
+  plan alike (~0.07), so plans are compared at the same seeds (``docs/results.md``, paired column).
 - a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
   ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
 """
