@@ -136,15 +136,34 @@ def final_key(setup: Setup) -> str:
     return f"final-{f.steps}x{f.batch_size}x{f.seq_len}e{f.eval_examples}a{f.grad_accum}"
 
 
-def check_cell(path: Path, setup: Setup) -> bool:
-    """Whether a finished cell exists; one made with another trial budget or `final` is refused, not reused."""
+def space_key(space: dict[str, Any]) -> str:
+    """A short hash of what a search depends on in the space (its description aside): formats, ranks,
+    fidelities, training. A search cell made on another space is another experiment."""
+    import hashlib
+
+    body = {k: v for k, v in space.items() if k != "description"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def setup_space_key(setup: Setup) -> str:
+    from autoqra.space.search_space import load_space
+
+    return space_key(load_space(setup.space).model_dump(mode="json"))
+
+
+def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
+    """Whether a finished cell exists; one made with another trial budget or `final` is refused, not
+    reused, and so is a search cell made on another space (a cell from before spaces were recorded too)."""
     if not path.is_file():
         return False
     cell = json.loads(path.read_text())
     mine = {"max_trials": setup.max_trials, "final_fidelity": final_key(setup)}
     theirs = {k: cell.get(k, mine[k]) for k in mine}
+    if method:
+        mine["space"], theirs["space"] = setup_space_key(setup), cell.get("space")
     if theirs != mine:
-        raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: use another --out")
+        raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: move the old cells away "
+                           "(they are another experiment) or use another --out")
     return True
 
 
@@ -244,9 +263,11 @@ def run_reference(setup: Setup, finals: Finals, name: str, grid: Grid) -> None:
 
 def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int) -> None:
     path = setup.out / "cells" / f"{cell_name(method, grid.task, grid.budget, f's{seed}')}.json"
-    if check_cell(path, setup):
+    if check_cell(path, setup, method=True):
         return
     run_dir = setup.runs / cell_name(method, grid.task, grid.budget, f"s{seed}")
+    if (run_dir / "summary.json").is_file() and run_space_key(run_dir) != setup_space_key(setup):
+        raise AutoQRAError(f"{run_dir} holds a finished search on another space: move it away or use another --out")
     if not (run_dir / "summary.json").is_file():
         if run_dir.exists():
             log(f"  {run_dir} holds an unfinished run: removed, the search starts again")
@@ -262,7 +283,7 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
     common = {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
               "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
-              **cell_settings(setup), "commit": commit(), "machine": machine()}
+              **cell_settings(setup), "space": run_space_key(run_dir), "commit": commit(), "machine": machine()}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
         write_cell(path, {**common, "final": [], "plan": None})
@@ -274,6 +295,10 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
                       **plan_stats(plan), "chosen_by": summary.get("chosen_by", "high"),
                       "chosen_objective": chosen["objective"], "chosen_plan_hash": plan.plan_hash,
                       "plan": plan.to_dict()})
+
+
+def run_space_key(run_dir: Path) -> str:
+    return space_key(json.loads((run_dir / "settings.json").read_text())["space"])
 
 
 def cell_settings(setup: Setup) -> dict[str, Any]:
