@@ -374,6 +374,10 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
              "plan is retrained with the same seeds, so this removes the part of the spread that all plans share); trial "
              "cost is what the search spent, its final selection included; search wall is the search alone "
              "(the retrains at seeds 1 and 2 are not in it). References are single plans trained without search.", ""]
+    spaces = sorted({c["space"] for c in cells if c["kind"] == "method" and c.get("space")})
+    if spaces:
+        lines += [f"Search space: `{setup.space}`, key {', '.join(spaces)} (a hash of its formats, ranks, fidelities "
+                  "and training; a search cell made on another space is refused).", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
     machines = sorted({c.get("machine", "?") for c in cells})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "
@@ -568,7 +572,8 @@ def smoke_space(folder: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "version": 1, "name": "compare-smoke", "model": str(folder / "model"), "granularity": "block",
         "choices": {"formats": [{"name": "hqq", "bits": b, "group_size": 64} for b in (2, 3, 4, 8)]
-                    + [{"name": "bf16", "bits": 16}], "ranks": [0, 4, 8, 16]},
+                    + [{"name": "nf4", "bits": 4, "group_size": 64, "double_quant": True}, {"name": "bf16", "bits": 16}],
+                    "ranks": [0, 4, 8, 16]},
         "training": {"batch_size": 2, "seq_len": 32, "compute_dtype": "bf16"},
         "fidelities": {"low": {"steps": 2, **fid}, "high": {"steps": 4, **fid}, "final": {"steps": 6, **fid}},
         "task": "news",
@@ -586,6 +591,8 @@ def main() -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "compare")
     parser.add_argument("--report", action="store_true", help="only write the report from the cells")
+    parser.add_argument("--doc", type=Path, help="where the report goes (default: docs/results.md; the plot beside "
+                                                 "it, named <doc>-best-so-far.png)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 2 methods, 1 seed: for the test")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -606,12 +613,16 @@ def main() -> int:
                       methods=tuple(args.methods), references=tuple(args.references), final_seeds=FINAL_SEEDS,
                       grids=tuple(g for g in grids(args.grid) if not args.tasks or g.task in args.tasks),
                       device=args.device)
-        doc, plot = ROOT / "docs" / "results.md", ROOT / "docs" / "results-best-so-far.png"
+        doc = (args.doc or ROOT / "docs" / "results.md").resolve()
+        plot = doc.with_name(f"{doc.stem}-best-so-far.png")
     try:
         if not args.report:
             check_setup(setup)  # bad input fails now, in one line, not after hours of references
             run_grid(setup)
-        report(setup, doc, plot, "python experiments/compare.py" + (" --smoke" if args.smoke else ""))
+        command = "python experiments/compare.py" + (" --smoke" if args.smoke else "")
+        if args.out.resolve() != (ROOT / "experiments" / "results" / "compare").resolve() and not args.smoke:
+            command += f" --out {os.path.relpath(out, ROOT)}"
+        report(setup, doc, plot, command + (f" --doc {os.path.relpath(doc, ROOT)}" if args.doc else ""))
     except AutoQRAError as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2

@@ -85,3 +85,11 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
                               "--max-trials", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--max-trials 1 does not leave the search one high trial" in refused.stderr.splitlines()[-1]
+    # a search cell made on another space is another experiment: refused in one line, and kept
+    other = out / "cells" / "autoqra.news.qlora.s0.json"
+    assert re.fullmatch(r"[0-9a-f]{12}", json.loads(other.read_text())["space"])
+    other.write_text(json.dumps({**json.loads(other.read_text()), "space": "0" * 12}))
+    kept = other.read_text()
+    refused = compare(out, cache_dir)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "move the old cells away" in refused.stderr.splitlines()[-1] and other.read_text() == kept
