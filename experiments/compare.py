@@ -151,6 +151,23 @@ def setup_space_key(setup: Setup) -> str:
     return space_key(load_space(setup.space).model_dump(mode="json"))
 
 
+def prior_key(setup: Setup) -> str:
+    """A short hash of the prior utility's model on this space (the error of each format, the weight of
+    rank): it shapes the warm start, the sequential plans and the repair, so a search cell made with
+    another is another experiment even on the same space."""
+    import hashlib
+
+    from autoqra.search.codec import SearchCodec
+    from autoqra.search.utility import ADAPTER_WEIGHT, format_error
+    from autoqra.space.model_spec import model_spec
+    from autoqra.space.search_space import load_space
+
+    space = load_space(setup.space)
+    body = {"format_error": [round(e, 9) for e in format_error(SearchCodec(model_spec(space.model), space))],
+            "adapter_weight": ADAPTER_WEIGHT}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     """Whether a finished cell exists; one made with another trial budget or `final` is refused, not
     reused, and so is a search cell made on another space (a cell from before spaces were recorded too)."""
@@ -161,6 +178,7 @@ def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     theirs = {k: cell.get(k, mine[k]) for k in mine}
     if method:
         mine["space"], theirs["space"] = setup_space_key(setup), cell.get("space")
+        mine["prior_model"], theirs["prior_model"] = prior_key(setup), cell.get("prior_model")
     if theirs != mine:
         raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: move the old cells away "
                            "(they are another experiment) or use another --out")
@@ -283,7 +301,8 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
     common = {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
               "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
-              **cell_settings(setup), "space": run_space_key(run_dir), "commit": commit(), "machine": machine()}
+              **cell_settings(setup), "space": run_space_key(run_dir), "prior_model": prior_key(setup),
+              "commit": commit(), "machine": machine()}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
         write_cell(path, {**common, "final": [], "plan": None})
@@ -375,9 +394,12 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
              "cost is what the search spent, its final selection included; search wall is the search alone "
              "(the retrains at seeds 1 and 2 are not in it). References are single plans trained without search.", ""]
     spaces = sorted({c["space"] for c in cells if c["kind"] == "method" and c.get("space")})
+    priors = sorted({c["prior_model"] for c in cells if c["kind"] == "method" and c.get("prior_model")})
     if spaces:
         lines += [f"Search space: `{setup.space}`, key {', '.join(spaces)} (a hash of its formats, ranks, fidelities "
-                  "and training; a search cell made on another space is refused).", ""]
+                  "and training; a search cell made on another space is refused)"
+                  + (f"; prior utility model key {', '.join(priors)} (the error of each format and the weight of rank; "
+                     "a cell made with another model is refused too)" if priors else "") + ".", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
     machines = sorted({c.get("machine", "?") for c in cells})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "

@@ -3,11 +3,18 @@
 Per group ``g`` with normalised sensitivity ``s_g`` (KL at the lowest format) and demand ``d_g``
 (LoRA gradient energy), both scaled to mean 1 over groups:
 
-    quantization error   e_g(f) = s_g * 4 ** -(bits(f) - bits_min)     (0 for 16-bit layers)
+    quantization error   e_g(f) = s_g * 4 ** -(b(f) - b_min)     (0 for 16-bit layers)
     adapter benefit      a_g(f, r) = (d_g + e_g(f)) * log2(1 + r) / log2(1 + r_max)
     utility              u_g(f, r) = -e_g(f) + ADAPTER_WEIGHT * a_g(f, r)
 
-Quantization noise power falls by ~4x per extra bit (hence ``4 ** -bits``); LoRA helps most where
+Quantization noise power falls by ~4x per extra bit (hence ``4 ** -b``), where ``b(f)`` is the
+format's information bits per weight (:func:`~autoqra.space.formats.information_bits`: code bits plus
+the per-group scale/zero or absmax), not its nominal bits. With nominal bits NF4-DQ and HQQ-4 were
+the same error at different prices, so the bits-first fill never raised a layer from NF4-DQ (the
+cheaper) to HQQ-4 and the `sequential` plan left 8.6% of the `qlora` budget unspent on `news`. The
+references measured at `final` on `news` (docs/results.md, loss above 16-bit LoRA r16 at rank 16)
+put NF4-DQ's error at 1.85x HQQ-4's and HQQ-3's at 7x; information bits say 1.68x and 4x, nominal
+bits 1x and 4x. LoRA helps most where
 the task needs adaptation and where quantization hurt most (the coupling the AutoQRA paper argues
 for), with diminishing returns in rank. The utility is a prior, not a prediction of the metric: it
 orders repair moves, seeds the warm start and steers importance-guided mutation, while the measured
@@ -28,6 +35,7 @@ import numpy as np
 
 from autoqra.priors.schema import Priors
 from autoqra.search.codec import Genome, SearchCodec
+from autoqra.space.formats import DTYPE_BYTES, information_bits
 
 ADAPTER_WEIGHT = 0.05  # see the module docstring; was 0.5, which bought rank with bits that paid more
 
@@ -49,13 +57,21 @@ def _normalise(values: np.ndarray) -> np.ndarray:
     return values / mean if mean > 0 else np.ones_like(values)
 
 
+def format_error(codec: SearchCodec) -> list[float]:
+    """Relative quantization error of each format of the ladder: 1 at the fewest information bits,
+    4x less per extra bit, 0 for unquantized formats."""
+    compute_bytes = DTYPE_BYTES[codec.space.training.compute_dtype]
+    bits = [information_bits(fmt, compute_bytes) for fmt in codec.formats]
+    quantized = [b for fmt, b in zip(codec.formats, bits) if fmt.quantized]
+    b_min = min(quantized) if quantized else 16.0
+    return [4.0 ** -(b - b_min) if fmt.quantized else 0.0 for fmt, b in zip(codec.formats, bits)]
+
+
 def utility_from_scores(codec: SearchCodec, sensitivity: np.ndarray, demand: np.ndarray,
                         informative: bool = True, adapter_weight: float = ADAPTER_WEIGHT) -> PriorUtility:
     s = _normalise(np.asarray(sensitivity, dtype=np.float64))
     d = _normalise(np.asarray(demand, dtype=np.float64))
-    quantized_bits = [fmt.bits for fmt in codec.formats if fmt.quantized]
-    bits_min = min(quantized_bits) if quantized_bits else 16
-    err = np.array([[4.0 ** -(fmt.bits - bits_min) if fmt.quantized else 0.0 for fmt in codec.formats]])
+    err = np.array([format_error(codec)])
     e = s[:, None] * err  # [g, f]
     r_max = max(codec.ranks)
     phi = np.array([np.log2(1 + r) / np.log2(1 + r_max) if r_max > 0 else 0.0 for r in codec.ranks])

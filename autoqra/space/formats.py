@@ -77,3 +77,26 @@ def bias_bytes(fmt: QuantFormat, out_features: int, has_bias: bool, compute_byte
 def bits_per_weight(fmt: QuantFormat, out_features: int, in_features: int, compute_bytes: int) -> float:
     """Effective stored bits per weight, metadata included."""
     return 8 * weight_storage_bytes(fmt, out_features, in_features, compute_bytes) / (out_features * in_features)
+
+
+def information_bits(fmt: QuantFormat, compute_bytes: int) -> float:
+    """Bits per weight that describe the weight: code bits plus the per-group metadata (scale and
+    zero, or absmax) spread over its group.
+
+    Unlike :func:`bits_per_weight` it leaves out what carries no information about the weights --
+    packing padding (HQQ-3 keeps ten 3-bit codes in 32 bits) and per-layer constants (the NF4 code
+    tables) -- and it does not depend on the layer's shape. It ranks formats of equal nominal bits:
+    NF4 with double-quantized absmax (block 64) holds 4.13 bits per weight, HQQ-4 with bf16 scale and
+    zero per 64 weights 4.50, and the finer metadata is what makes HQQ-4 the more accurate.
+    """
+    if fmt.name == "hqq":
+        assert fmt.group_size is not None
+        return fmt.bits + 2 * 8 * compute_bytes / fmt.group_size
+    if fmt.name == "nf4":
+        assert fmt.group_size is not None
+        if not fmt.double_quant:
+            return 4 + 32 / fmt.group_size  # float32 absmax per block
+        return 4 + 8 / fmt.group_size + 32 / (fmt.group_size * _DQ_NESTED_BLOCK)  # int8 absmax + nested fp32
+    if fmt.name == "int8":
+        return 8.0  # the float32 row scale is spread over a whole row: negligible
+    return 8.0 * DTYPE_BYTES[fmt.name]

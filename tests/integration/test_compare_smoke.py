@@ -93,3 +93,11 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     refused = compare(out, cache_dir)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "move the old cells away" in refused.stderr.splitlines()[-1] and other.read_text() == kept
+    # so is one made with another prior utility model (it shapes the warm start and the sequential plans)
+    cell = json.loads(other.read_text())
+    assert re.fullmatch(r"[0-9a-f]{12}", cell["prior_model"])
+    other.write_text(json.dumps({**cell, "space": lost_cell["space"], "prior_model": "0" * 12}))
+    kept = other.read_text()
+    refused = compare(out, cache_dir)
+    assert refused.returncode == 2 and "'prior_model': '000000000000'" in refused.stderr.splitlines()[-1]
+    assert other.read_text() == kept

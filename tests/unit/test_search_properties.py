@@ -199,3 +199,38 @@ def test_trust_region_expands_shrinks_and_restarts():
     while not state.restart:
         state = update_state(state, improved=False)
     assert state.length < state.length_min
+
+
+def test_format_error_follows_information_bits_not_nominal_bits():
+    """NF4-DQ and HQQ-4 are both 4-bit, but HQQ-4's bf16 scale and zero per 64 weights carry 0.37 more
+    bits per weight than NF4-DQ's int8 absmax: the error model must tell them apart."""
+    from autoqra.search.utility import format_error
+
+    codec = tiny_codec(layers=2, formats=[HQQ_FMT(2), NF4_DQ, HQQ_FMT(4), HQQ_FMT(8), {"name": "bf16", "bits": 16}])
+    labels = [fmt.label for fmt in codec.formats]
+    err = dict(zip(labels, format_error(codec)))
+    assert err["hqq2-g64"] == 1.0 and err["bf16"] == 0.0
+    assert err["hqq2-g64"] > err["nf4-dq"] > err["hqq4-g64"] > err["hqq8-g64"] > 0
+    assert err["nf4-dq"] / err["hqq4-g64"] == pytest.approx(4 ** (4.5 - (4 + 8 / 64 + 32 / (64 * 256))))
+
+
+def test_sequential_fill_spends_the_budget_on_hqq4_past_nf4():
+    """Quantize-then-LoRA at a budget that fits uniform HQQ-4 must take it, not stop at the cheaper
+    NF4-DQ of the same nominal bits (which it did while the error model priced nominal bits)."""
+    from autoqra.search.warm_start import sequential_genomes
+
+    codec = tiny_codec(layers=4, formats=[HQQ_FMT(2), NF4_DQ, HQQ_FMT(4)], ranks=(0, 8))
+    hqq4 = [fmt.label for fmt in codec.formats].index("hqq4-g64")
+    nf4 = [fmt.label for fmt in codec.formats].index("nf4-dq")
+    assert nf4 < hqq4  # cheaper on the ladder
+    target = codec.uniform(hqq4, 1)
+    budget = codec.predicted_peak_bytes(target)
+    sensitivity = np.random.default_rng(0).lognormal(size=codec.n_groups)
+    assert sequential_genomes(codec, sensitivity, budget) == [target]
+
+
+NF4_DQ = {"name": "nf4", "bits": 4, "group_size": 64, "double_quant": True}
+
+
+def HQQ_FMT(bits):  # noqa: N802 - reads like the format it builds
+    return {"name": "hqq", "bits": bits, "group_size": 64}
