@@ -170,7 +170,8 @@ def prior_key(setup: Setup) -> str:
 
 def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     """Whether a finished cell exists; one made with another trial budget or `final` is refused, not
-    reused, and so is a search cell made on another space (a cell from before spaces were recorded too)."""
+    reused, and so is a search cell made on another space or with another prior model (a cell from before
+    either was recorded too)."""
     if not path.is_file():
         return False
     cell = json.loads(path.read_text())

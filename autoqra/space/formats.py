@@ -87,7 +87,7 @@ def information_bits(fmt: QuantFormat, compute_bytes: int) -> float:
     packing padding (HQQ-3 keeps ten 3-bit codes in 32 bits) and per-layer constants (the NF4 code
     tables) -- and it does not depend on the layer's shape. It ranks formats of equal nominal bits:
     NF4 with double-quantized absmax (block 64) holds 4.13 bits per weight, HQQ-4 with bf16 scale and
-    zero per 64 weights 4.50, and the finer metadata is what makes HQQ-4 the more accurate.
+    zero per 64 weights 4.50 (on `news` HQQ-4 is the more accurate, docs/search.md).
     """
     if fmt.name == "hqq":
         assert fmt.group_size is not None
