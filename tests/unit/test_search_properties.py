@@ -16,7 +16,7 @@ from autoqra.search.pareto import dominates, front_indices, hypervolume
 from autoqra.search.repair import Repairer
 from autoqra.search.trust_region import TrustRegionState, perturb, update_state
 from autoqra.search.utility import flat_utility, utility_from_scores
-from tests.search_kit import tiny_codec
+from tests.search_kit import HQQ, tiny_codec
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -206,7 +206,7 @@ def test_format_error_follows_information_bits_not_nominal_bits():
     bits per weight than NF4-DQ's int8 absmax: the error model must tell them apart."""
     from autoqra.search.utility import format_error
 
-    codec = tiny_codec(layers=2, formats=[HQQ_FMT(2), NF4_DQ, HQQ_FMT(4), HQQ_FMT(8), {"name": "bf16", "bits": 16}])
+    codec = tiny_codec(layers=2, formats=[HQQ2, NF4_DQ, HQQ4, HQQ8, {"name": "bf16", "bits": 16}])
     labels = [fmt.label for fmt in codec.formats]
     err = dict(zip(labels, format_error(codec)))
     assert err["hqq2-g64"] == 1.0 and err["bf16"] == 0.0
@@ -219,7 +219,7 @@ def test_sequential_fill_spends_the_budget_on_hqq4_past_nf4():
     NF4-DQ of the same nominal bits (which it did while the error model priced nominal bits)."""
     from autoqra.search.warm_start import sequential_genomes
 
-    codec = tiny_codec(layers=4, formats=[HQQ_FMT(2), NF4_DQ, HQQ_FMT(4)], ranks=(0, 8))
+    codec = tiny_codec(layers=4, formats=[HQQ2, NF4_DQ, HQQ4], ranks=(0, 8))
     hqq4 = [fmt.label for fmt in codec.formats].index("hqq4-g64")
     nf4 = [fmt.label for fmt in codec.formats].index("nf4-dq")
     assert nf4 < hqq4  # cheaper on the ladder
@@ -230,7 +230,4 @@ def test_sequential_fill_spends_the_budget_on_hqq4_past_nf4():
 
 
 NF4_DQ = {"name": "nf4", "bits": 4, "group_size": 64, "double_quant": True}
-
-
-def HQQ_FMT(bits):  # noqa: N802 - reads like the format it builds
-    return {"name": "hqq", "bits": bits, "group_size": 64}
+HQQ2, HQQ3, HQQ4, HQQ8 = HQQ  # the shared kit's HQQ formats, group 64
