@@ -84,8 +84,8 @@ def _add_trial(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     trial.add_argument("--fidelity", default="micro", help="fidelity name from the space (default: micro)")
     trial.add_argument("--init", choices=["default", "loftq"], default="default",
                        help="adapter init: PEFT default (B=0), or loftq (rank-r SVD of the quantization residual)")
-    trial.add_argument("--seed", type=int, default=0, help="run seed; the trial seed derives from it, the plan and "
-                       "the fidelity (default 0)")
+    trial.add_argument("--seed", type=int, default=0, help="run seed; the trial seed derives from it and the "
+                       "fidelity, the same for every plan, so plans compare at the same batches (default 0)")
     trial.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     trial.add_argument("--grad-checkpointing", action="store_true")
     trial.add_argument("--out", type=Path, help="also write the TrialResult JSON to this path")

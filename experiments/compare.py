@@ -48,6 +48,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from autoqra.domain import TRIAL_SEEDS  # noqa: E402 (light: no torch)
 from autoqra.errors import AutoQRAError  # noqa: E402 (light: no torch)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,8 +171,8 @@ def prior_key(setup: Setup) -> str:
 
 def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     """Whether a finished cell exists; one made with another trial budget or `final` is refused, not
-    reused, and so is a search cell made on another space or with another prior model (a cell from before
-    either was recorded too)."""
+    reused, and so is a search cell made on another space, with another prior model or with trial seeds
+    derived otherwise (a cell from before any of these was recorded too)."""
     if not path.is_file():
         return False
     cell = json.loads(path.read_text())
@@ -180,6 +181,7 @@ def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     if method:
         mine["space"], theirs["space"] = setup_space_key(setup), cell.get("space")
         mine["prior_model"], theirs["prior_model"] = prior_key(setup), cell.get("prior_model")
+        mine["trial_seeds"], theirs["trial_seeds"] = TRIAL_SEEDS, cell.get("trial_seeds", "per-plan")
     if theirs != mine:
         raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: move the old cells away "
                            "(they are another experiment) or use another --out")
@@ -303,7 +305,7 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
               "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
               **cell_settings(setup), "space": run_space_key(run_dir), "prior_model": prior_key(setup),
-              "commit": commit(), "machine": machine()}
+              "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine()}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
         write_cell(path, {**common, "final": [], "plan": None})
@@ -396,11 +398,14 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
              "(the retrains at seeds 1 and 2 are not in it). References are single plans trained without search.", ""]
     spaces = sorted({c["space"] for c in cells if c["kind"] == "method" and c.get("space")})
     priors = sorted({c["prior_model"] for c in cells if c["kind"] == "method" and c.get("prior_model")})
+    seed_schemes = sorted({c.get("trial_seeds", "per-plan") for c in cells if c["kind"] == "method"})
     if spaces:
         lines += [f"Search space: `{setup.space}`, key {', '.join(spaces)} (a hash of its formats, ranks, fidelities "
                   "and training; a search cell made on another space is refused)"
                   + (f"; prior utility model key {', '.join(priors)} (the error of each format and the weight of rank; "
-                     "a cell made with another model is refused too)" if priors else "") + ".", ""]
+                     "a cell made with another model is refused too)" if priors else "")
+                  + f"; trial seeds {', '.join(seed_schemes)} (`common`: every plan of a search trains at one seed "
+                  "per fidelity, so the search compares plans at the same batches)" + ".", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
     machines = sorted({c.get("machine", "?") for c in cells})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "

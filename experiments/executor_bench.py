@@ -54,7 +54,7 @@ def utilisation(workers: int, time_scale: float, max_cost: float, preset_name: s
     outcome, _ = synthetic_search(executor, factory, max_cost=max_cost, preset_name=preset_name)
     wall = time.perf_counter() - started
     pacer = PacedEvaluator(problem.evaluator, time_scale)
-    busy = sum(pacer.duration(e.ask.fidelity, e.result.seed) for e in outcome.archive.items)
+    busy = sum(pacer.duration(e.ask.plan.plan_hash, e.ask.fidelity, e.result.seed) for e in outcome.archive.items)
     return {"workers": workers, "trials": len(outcome.archive.items), "wall_s": wall, "trial_s": busy,
             "utilisation": busy / (workers * wall)}
 

@@ -100,8 +100,17 @@ def cell_path(out: Path, label: str, plan_hash: str, fidelity: object, seed_inde
     return out / f"{label}.{plan_hash[:8]}.{key}.s{seed_index}.json"
 
 
+def study_seed(run_seed: int, plan_hash: str, fidelity: str) -> int:
+    """The trial seed of a study cell: one per (run seed, plan, fidelity). This is how the search derived
+    trial seeds when the study's cells were measured; the search now gives every plan of a fidelity the
+    same seed (``autoqra.domain.derive_seed``), but the study keeps its own so a rerun reproduces its cells
+    (and its seed-to-seed rho still moves batches and init together, plan by plan)."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{run_seed}:{plan_hash}:{fidelity}".encode()).hexdigest()[:8], 16)
+
+
 def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None:
-    from autoqra.domain import derive_seed
     from autoqra.space.search_space import load_space
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
@@ -116,7 +125,7 @@ def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None
     evaluator = Evaluator(EvaluatorConfig.for_space(space, args.task, device=args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (label, plan, fidelity, seed_index) in enumerate(todo, 1):
-        seed = derive_seed(args.seed + seed_index, plan.plan_hash, fidelity)
+        seed = study_seed(args.seed + seed_index, plan.plan_hash, fidelity)
         started = time.perf_counter()
         result = evaluator.evaluate(plan, space.fidelities[fidelity], seed)
         cell = {"label": label, "plan_hash": plan.plan_hash, "fidelity": fidelity, "seed_index": seed_index,

@@ -31,8 +31,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="train this many steps of that fidelity's batches instead")
     parser.add_argument("--evals", type=int, default=4, help="held-out evaluations along the way, the last at the "
                         "end (default 4; 0 or 1: only at the end)")
-    parser.add_argument("--seed", type=int, default=0, help="run seed; the trial seed derives from it, the plan and "
-                        "the fidelity exactly as in `autoqra trial` (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed; the trial seed derives from it and the "
+                        "fidelity exactly as in `autoqra trial` and the search (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--merge", action="store_true", help="also write merged/: the dequantized base with the "
                         "adapters merged in, a plain 16-bit checkpoint")

@@ -51,7 +51,7 @@ class SyntheticEvaluatorFactory:
     budget_position: float = 0.45
     seed: int = 123
     time_scale: float = 0.0
-    announce_dir: str | None = None  # tests: each trial writes <pid>.<seed>.running here when it starts
+    announce_dir: str | None = None  # tests: each trial writes <pid>.<trial_tag>.running here when it starts
 
     @property
     def task(self) -> str:
@@ -66,21 +66,26 @@ class SyntheticEvaluatorFactory:
         return evaluator
 
 
+def trial_tag(plan_hash: str, fidelity: str) -> str:
+    """A trial's name within a run (every plan of a fidelity shares the trial seed): plan hash prefix and fidelity."""
+    return f"{plan_hash[:16]}-{fidelity}"
+
+
 class PacedEvaluator:
     """Wraps an evaluator so each trial lasts a drawn duration (a benchmark of executors, not of training)."""
 
     def __init__(self, inner: PlanEvaluator, time_scale: float, announce_dir: str | None = None) -> None:
         self.inner, self.time_scale, self.announce_dir = inner, time_scale, announce_dir
 
-    def duration(self, fidelity: str, seed: int) -> float:
-        rng = np.random.default_rng(seed)
+    def duration(self, plan_hash: str, fidelity: str, seed: int) -> float:
+        rng = np.random.default_rng([seed, int(plan_hash[:8], 16)])
         return self.time_scale * REAL_SECONDS.get(fidelity, REAL_SECONDS["high"]) * math.exp(rng.normal(0, SPREAD))
 
     def evaluate(self, plan: Plan, fidelity: Fidelity, seed: int) -> TrialResult:
         if self.announce_dir:
             import os
 
-            Path(self.announce_dir, f"{os.getpid()}.{seed}.running").touch()
+            Path(self.announce_dir, f"{os.getpid()}.{trial_tag(plan.plan_hash, fidelity.name)}.running").touch()
         result = self.inner.evaluate(plan, fidelity, seed)
-        time.sleep(self.duration(fidelity.name, seed))
+        time.sleep(self.duration(plan.plan_hash, fidelity.name, seed))
         return result

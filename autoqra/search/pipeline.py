@@ -7,7 +7,8 @@ budget (in high-trial cost units, see :mod:`autoqra.search.settings`; the final 
 reserved from the start) and the time limit, run through
 the executor, and every result is written to the ledger (Optuna + JSONL) and the archive *before* the
 stage hears of it, so a crash loses at most the trials still running. Trial seeds derive from
-(run seed, plan hash, fidelity), so a retry or a resume reproduces a trial.
+(run seed, fidelity): every plan at a fidelity gets the same batches and init stream (common random
+numbers), and a retry or a resume reproduces a trial.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class SearchPipeline:
     def _submit(self, stage: Stage, ask: Ask, pending: dict[int, Ask]) -> None:
         key = self._next_key
         self._next_key += 1
-        seed = derive_seed(self.config.seed, ask.plan.plan_hash, ask.fidelity)
+        seed = derive_seed(self.config.seed, ask.fidelity)
         peak = self._peak(ask)
         pending[key] = ask
         job = TrialJob(key=key, plan=ask.plan, fidelity=ask.fidelity, seed=seed, predicted_peak_bytes=peak)

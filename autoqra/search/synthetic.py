@@ -49,7 +49,9 @@ class SyntheticEvaluator:
     def quality(self, genome: Genome, fidelity: str = "high", seed: int = 0) -> float:
         value = BASE + sum(self.table[g, f, r] for g, (f, r) in enumerate(genome))
         if fidelity != "high":
-            rng = np.random.default_rng(seed)
+            # noise of this plan at this seed: trials share their seed (common random numbers), but a
+            # real short run still errs differently for each plan
+            rng = np.random.default_rng([seed, *(x for gene in genome for x in gene)])
             value += sum(self.low_bias[r] for _, r in genome) / len(genome) * 10 + rng.normal(0, self.low_noise)
         return float(value)
 

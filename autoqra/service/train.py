@@ -38,7 +38,7 @@ class PreparedTrain:
     plan_source: str
     fidelity: Fidelity
     task: str
-    seed: int  # the trial seed, derived from (seed, plan hash, fidelity) exactly as `autoqra trial` does
+    seed: int  # the trial seed, derived from (seed, fidelity) exactly as `autoqra trial` does
     device: str
 
 
@@ -75,7 +75,7 @@ def prepare_train(request: TrainRequest) -> PreparedTrain:
     device = resolve_device(request.device)
     check_empty_output_dir(request.out, "--out")
     return PreparedTrain(request=request, space=space, plan=plan, plan_source=source, fidelity=fidelity, task=task,
-                         seed=derive_seed(request.seed, plan.plan_hash, fidelity.name), device=device)
+                         seed=derive_seed(request.seed, fidelity.name), device=device)
 
 
 def run_train(request: TrainRequest | PreparedTrain) -> TrainRun:

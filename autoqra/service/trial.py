@@ -21,7 +21,7 @@ class PreparedTrial:
     plan_source: str
     fidelity: Fidelity
     task: str
-    seed: int  # the trial seed, derived from (run seed, plan hash, fidelity)
+    seed: int  # the trial seed, derived from (run seed, fidelity), as the search does
     device: str  # resolved: cpu or cuda
 
 
@@ -40,7 +40,7 @@ def prepare_trial(request: TrialRequest) -> PreparedTrial:
         check_output_file(request.out, "--out")
     fidelity = space.fidelities[request.fidelity]
     return PreparedTrial(request=request, space=space, plan=plan, plan_source=source, fidelity=fidelity, task=task,
-                         seed=derive_seed(request.seed, plan.plan_hash, fidelity.name), device=device)
+                         seed=derive_seed(request.seed, fidelity.name), device=device)
 
 
 def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:

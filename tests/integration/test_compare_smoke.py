@@ -101,3 +101,10 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     refused = compare(out, cache_dir)
     assert refused.returncode == 2 and "'prior_model': '000000000000'" in refused.stderr.splitlines()[-1]
     assert other.read_text() == kept
+    # and so is one whose search drew a trial seed per plan (before common random numbers)
+    assert cell["trial_seeds"] == "common"
+    other.write_text(json.dumps({**cell, "space": lost_cell["space"], "trial_seeds": "per-plan"}))
+    kept = other.read_text()
+    refused = compare(out, cache_dir)
+    assert refused.returncode == 2 and "'trial_seeds': 'per-plan'" in refused.stderr.splitlines()[-1]
+    assert other.read_text() == kept

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autoqra.executors.factories import SyntheticEvaluatorFactory
+from autoqra.executors.factories import SyntheticEvaluatorFactory, trial_tag
 from autoqra.executors.inline import InlineExecutor
 from autoqra.executors.local import LocalExecutor, plan_slots
 from autoqra.search.synthetic import tiny_problem
@@ -71,17 +71,17 @@ def test_ray_executor_records_every_trial_once_with_inline_results(inline_keys, 
     _check_same_results(trial_keys(outcome), inline_keys)
 
 
-def _kill_first_trial(folder: Path, killed: list[int]) -> threading.Thread:
+def _kill_first_trial(folder: Path, killed: list[str]) -> threading.Thread:
     """SIGKILL the process of the first trial that announces itself in ``folder``, once."""
     def run() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             found = sorted(folder.glob("*.running"))
             if found:
-                pid, seed = (int(x) for x in found[0].name.split(".")[:2])
+                pid, tag = found[0].name.split(".")[:2]
                 time.sleep(0.3)  # mid-trial
-                os.kill(pid, signal.SIGKILL)
-                killed.extend([pid, seed])
+                os.kill(int(pid), signal.SIGKILL)
+                killed.extend([pid, tag])
                 return
             time.sleep(0.05)
 
@@ -95,14 +95,14 @@ def test_a_killed_local_worker_is_replaced_and_its_trial_retried(inline_keys, tm
     folder.mkdir()
     factory = SyntheticEvaluatorFactory(time_scale=0.1, announce_dir=str(folder))  # low trials ~1 s
     executor = LocalExecutor(factory, _fidelities(factory), plan_slots(2, "cpu", cpu_count=2))
-    killed: list[int] = []
+    killed: list[str] = []
     thread = _kill_first_trial(folder, killed)
     outcome, ledger = synthetic_search(executor, factory, tmp_path, max_cost=4.0)
     thread.join()
     assert killed, "no trial was killed"
     assert executor.replaced == 1
     _check_recorded_once(outcome, ledger)
-    retried = [e for e in outcome.archive.items if e.result.seed == killed[1]]
+    retried = [e for e in outcome.archive.items if trial_tag(e.ask.plan.plan_hash, e.ask.fidelity) == killed[1]]
     assert len(retried) == 1 and retried[0].ok  # the retry succeeded; the death cost no result
     _check_same_results(trial_keys(outcome), inline_keys, at_least=4)
 
@@ -114,13 +114,13 @@ def test_a_killed_ray_worker_is_retried_by_ray(inline_keys, tmp_path, ray_cluste
     folder.mkdir()
     factory = SyntheticEvaluatorFactory(time_scale=0.1, announce_dir=str(folder))
     executor = RayExecutor(factory, _fidelities(factory), 2, address=ray_cluster["address"])
-    killed: list[int] = []
+    killed: list[str] = []
     thread = _kill_first_trial(folder, killed)
     outcome, ledger = synthetic_search(executor, factory, tmp_path, max_cost=4.0)
     thread.join()
     assert killed, "no trial was killed"
     _check_recorded_once(outcome, ledger)
-    retried = [e for e in outcome.archive.items if e.result.seed == killed[1]]
+    retried = [e for e in outcome.archive.items if trial_tag(e.ask.plan.plan_hash, e.ask.fidelity) == killed[1]]
     assert len(retried) == 1 and retried[0].ok
     assert len(list(folder.glob(f"*.{killed[1]}.running"))) == 2  # it ran in a second Ray worker process
     _check_same_results(trial_keys(outcome), inline_keys, at_least=4)
@@ -134,12 +134,13 @@ def test_a_trial_whose_worker_dies_twice_is_recorded_failed(tmp_path):
     folder.mkdir()
     factory = SyntheticEvaluatorFactory(time_scale=0.2, announce_dir=str(folder))  # a high trial ~5 s
     problem = tiny_problem()
+    plan = problem.codec.decode(problem.optimum_genome)
     killed: set[int] = set()
 
     def killer() -> None:  # kill every process that starts the trial, twice
         deadline = time.monotonic() + 120
         while len(killed) < 2 and time.monotonic() < deadline:
-            for path in folder.glob("*.11.running"):
+            for path in folder.glob(f"*.{trial_tag(plan.plan_hash, 'high')}.running"):
                 pid = int(path.name.split(".")[0])
                 if pid not in killed:
                     time.sleep(0.2)
@@ -151,7 +152,7 @@ def test_a_trial_whose_worker_dies_twice_is_recorded_failed(tmp_path):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        executor.submit(TrialJob(key=7, plan=problem.codec.decode(problem.optimum_genome), fidelity="high", seed=11))
+        executor.submit(TrialJob(key=7, plan=plan, fidelity="high", seed=11))
         back, result = executor.next_result()
     finally:
         executor.close()

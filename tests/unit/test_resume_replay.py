@@ -62,3 +62,21 @@ def test_replay_hands_each_recorded_result_back_once(tmp_path):
     assert replay.take(*key) is None
     assert replay.left == len(entries) - 1
     assert replay.take(first.result.plan.plan_hash, first.fidelity, first.result.seed + 1) is None  # another seed
+
+
+def test_every_plan_of_a_fidelity_trains_at_the_run_seeds_one_seed():
+    """Common random numbers: the search compares plans at the same trial seed per fidelity, and
+    another run seed moves every trial seed."""
+    factory = SyntheticEvaluatorFactory()
+    seeds: dict[int, dict[str, set[int]]] = {}
+    for run_seed in (0, 1):
+        outcome, _ = synthetic_search(_runner(factory), factory, max_cost=4.0, seed=run_seed)
+        by_fidelity: dict[str, set[int]] = {}
+        for e in outcome.archive.items:
+            by_fidelity.setdefault(e.ask.fidelity, set()).add(e.result.seed)
+        assert set(by_fidelity) == {"low", "high"}
+        assert len({e.ask.plan.plan_hash for e in outcome.archive.items}) >= 3
+        assert all(len(s) == 1 for s in by_fidelity.values()), by_fidelity
+        seeds[run_seed] = by_fidelity
+    assert seeds[0]["low"] != seeds[0]["high"]
+    assert seeds[0]["low"] != seeds[1]["low"] and seeds[0]["high"] != seeds[1]["high"]
