@@ -77,6 +77,16 @@ def grids(name: str) -> list[Grid]:
     return {"main": main, "secondary": secondary, "all": main + secondary}[name]
 
 
+def select_grids(chosen: list[Grid], tasks: list[str] | None, seeds: list[int] | None) -> tuple[Grid, ...]:
+    """The grids of ``tasks`` (all when None), each at the search seeds of ``seeds`` it has (all when None)."""
+    out = []
+    for grid in chosen:
+        kept = tuple(s for s in grid.seeds if seeds is None or s in seeds)
+        if (not tasks or grid.task in tasks) and kept:
+            out.append(Grid(grid.task, grid.budget, kept))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Setup:
     """Where the cells go and what they run on: the default space, or the smoke test's tiny model."""
@@ -613,6 +623,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=["main", "secondary", "all"], default="main")
     parser.add_argument("--tasks", nargs="+", help="only the grids of these tasks (default: every grid's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these search seeds of each grid (default: "
+                        "every grid's: 0 1 2 on the main grid, 0 on the secondary)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--references", nargs="+", choices=REFERENCES, default=list(REFERENCES))
     parser.add_argument("--max-trials", type=float, help="trial budget of every search (default: the quick preset's)")
@@ -639,7 +651,7 @@ def main() -> int:
     else:
         setup = Setup(space="default", out=out, runs=out / "runs", max_trials=args.max_trials,
                       methods=tuple(args.methods), references=tuple(args.references), final_seeds=FINAL_SEEDS,
-                      grids=tuple(g for g in grids(args.grid) if not args.tasks or g.task in args.tasks),
+                      grids=select_grids(grids(args.grid), args.tasks, args.seeds),
                       device=args.device)
         doc = (args.doc or ROOT / "docs" / "results.md").resolve()
         plot = doc.with_name(f"{doc.stem}-best-so-far.png")
