@@ -249,7 +249,12 @@ def _replay(p: PreparedSearch, ledger: Ledger) -> Replay:
     entries = [e for e in ledger.entries() if e.run_id in (p.run_id, "")]
     log.info(f"resume: {len(entries)} finished trial(s) of run {p.run_id} come from the ledger"
              + (f"; {stale} left running by the dead process are marked failed and run again" if stale else ""))
-    return Replay(entries)
+    replay = Replay(entries)
+    if other := replay.at_other_seeds(p.request.seed):
+        log.warning(f"resume: {other} of these trial(s) were trained at seeds this version no longer derives "
+                    "(recorded before every plan of a run shared one seed per fidelity); they cannot be replayed "
+                    "and will be run again at the shared seeds; their records stay in the ledger.")
+    return replay
 
 
 def _log_settings(p: PreparedSearch) -> None:

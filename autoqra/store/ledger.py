@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoqra.domain import Plan, TrialResult, TrialStatus
+from autoqra.domain import Plan, TrialResult, TrialStatus, derive_seed
 from autoqra.errors import AutoQRAError
 
 STUDY_NAME = "autoqra"
@@ -208,6 +208,13 @@ class Replay:
     def left(self) -> int:
         """Recorded results no stage asked for again (a pool's completion order may differ)."""
         return sum(len(q) for q in self._results.values())
+
+    def at_other_seeds(self, run_seed: int) -> int:
+        """Recorded results whose seed is not the one ``derive_seed`` gives their fidelity now: trials
+        recorded before trial seeds became common to all plans (2026-12-03) were seeded per plan, so
+        no stage can ask them again and they will be rerun."""
+        return sum(len(q) for (_, fidelity, seed), q in self._results.items()
+                   if seed != derive_seed(run_seed, fidelity))
 
 
 def open_study(storage_url: str, study_name: str = STUDY_NAME) -> Any:

@@ -64,6 +64,15 @@ def test_replay_hands_each_recorded_result_back_once(tmp_path):
     assert replay.take(first.result.plan.plan_hash, first.fidelity, first.result.seed + 1) is None  # another seed
 
 
+def test_replay_counts_results_recorded_at_seeds_this_run_no_longer_derives(tmp_path):
+    """A ledger from before common seeds (or of another run seed) cannot replay: the resume says how many."""
+    factory = SyntheticEvaluatorFactory()
+    _, ledger = synthetic_search(_runner(factory), factory, tmp_path, max_cost=4.0, seed=0)
+    entries = ledger.entries()
+    assert Replay(entries).at_other_seeds(0) == 0
+    assert Replay(entries).at_other_seeds(1) == len(entries) > 0
+
+
 def test_every_plan_of_a_fidelity_trains_at_the_run_seeds_one_seed():
     """Common random numbers: the search compares plans at the same trial seed per fidelity, and
     another run seed moves every trial seed."""
