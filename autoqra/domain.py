@@ -279,6 +279,9 @@ class TrialResult(BaseModel):
     phases: PhaseSeconds
     versions: tuple[tuple[str, str], ...]
     error: str = ""
+    # the dtype the trial computed in (fp32 where the device has no fast kernels for the setup's
+    # 16-bit dtype, see trials.backends.execution_dtype); None in records written before 2026-12-04
+    execution_dtype: str | None = None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -188,12 +188,16 @@ def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     cell = json.loads(path.read_text())
     mine = {"max_trials": setup.max_trials, "final_fidelity": final_key(setup)}
     theirs = {k: cell.get(k, mine[k]) for k in mine}
+    # a cell from before trials recorded their dtype computed in the space's
+    mine["trial_dtype"], theirs["trial_dtype"] = trial_dtype(setup), cell.get("trial_dtype", space_dtype(setup))
     if method:
         mine["space"], theirs["space"] = setup_space_key(setup), cell.get("space")
         mine["prior_model"], theirs["prior_model"] = prior_key(setup), cell.get("prior_model")
         mine["trial_seeds"], theirs["trial_seeds"] = TRIAL_SEEDS, cell.get("trial_seeds", "per-plan")
     if theirs != mine:
-        raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}: move the old cells away "
+        hint = " (this machine has no fast kernels for the space's dtype)" \
+            if theirs["trial_dtype"] != mine["trial_dtype"] else ""
+        raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}{hint}: move the old cells away "
                            "(they are another experiment) or use another --out")
     return True
 
@@ -237,8 +241,11 @@ class Finals:
         self._evaluators: dict[tuple[str, str], Any] = {}
 
     def path(self, task: str, plan_hash: str, init: str, seed: int) -> Path:
-        """The `final` fidelity's whole definition is in the name: a re-tuned `final` gets new cells."""
-        return self.folder / f"{cell_name(task, plan_hash[:12], init, final_key(self.setup), f's{seed}')}.json"
+        """The `final` fidelity's whole definition is in the name: a re-tuned `final` gets new cells; so is
+        the dtype trials compute in where it is not the space's (fp32 on a CPU without fast bf16)."""
+        dtype = trial_dtype(self.setup)
+        tag = () if dtype == space_dtype(self.setup) else (dtype,)
+        return self.folder / f"{cell_name(task, plan_hash[:12], init, final_key(self.setup), *tag, f's{seed}')}.json"
 
     def get(self, task: str, plan: Any, init: str = "default") -> list[float | None]:
         values = []
@@ -259,7 +266,8 @@ class Finals:
         write_cell(path, {"task": task, "plan_hash": plan.plan_hash, "init": init, "seed": seed,
                           "status": result.status.value, "objective": result.objective,
                           "eval_loss": result.metrics.eval_loss, "wall_s": wall, "plan": plan.to_dict(),
-                          "fidelity": result.fidelity.model_dump(mode="json"), "commit": commit()})
+                          "fidelity": result.fidelity.model_dump(mode="json"),
+                          "trial_dtype": result.execution_dtype, "commit": commit()})
         log(f"  final {task} {plan.plan_hash[:8]} init {init} seed {seed} -> {result.objective} ({wall:.0f} s)")
 
     def _evaluator(self, task: str, init: str) -> Any:
@@ -289,7 +297,7 @@ def run_reference(setup: Setup, finals: Finals, name: str, grid: Grid) -> None:
                       "budget_bytes": budget_bytes(setup, grid.budget), "seed": None, "final": values,
                       "predicted_peak_bytes": peak, **plan_stats(plan), "search_cost": 0.0, "search_wall_s": 0.0,
                       "plan": plan.to_dict(), "init": init, **cell_settings(setup), "commit": commit(),
-                      "machine": machine()})
+                      "machine": machine(setup)})
 
 
 def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int) -> None:
@@ -315,7 +323,7 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
               "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
               **cell_settings(setup), "space": run_space_key(run_dir), "prior_model": prior_key(setup),
-              "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine()}
+              "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine(setup)}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
         write_cell(path, {**common, "final": [], "plan": None})
@@ -334,7 +342,21 @@ def run_space_key(run_dir: Path) -> str:
 
 
 def cell_settings(setup: Setup) -> dict[str, Any]:
-    return {"max_trials": setup.max_trials, "final_fidelity": final_key(setup)}
+    return {"max_trials": setup.max_trials, "final_fidelity": final_key(setup), "trial_dtype": trial_dtype(setup)}
+
+
+def space_dtype(setup: Setup) -> str:
+    from autoqra.space.search_space import load_space
+
+    return load_space(setup.space).training.compute_dtype
+
+
+def trial_dtype(setup: Setup) -> str:
+    """What this machine's trials compute in: the space's dtype, or fp32 where it has no fast kernels
+    for it. Cells computed in another dtype differ in rounding from these, so they are not mixed."""
+    from autoqra.trials.backends import execution_dtype
+
+    return execution_dtype(space_dtype(setup), setup.device)
 
 
 def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> None:
@@ -378,8 +400,15 @@ def commit() -> str:
         return "unknown"
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} (torch threads {torch_threads()})"
+def machine(setup: Setup) -> str:
+    """The hardware, and the dtype trials computed in (fp32 where it has no fast kernels for the
+    space's 16-bit dtype: cells made in another dtype differ in rounding, so the report shows it)."""
+    from autoqra.space.search_space import load_space
+    from autoqra.trials.backends import execution_dtype
+
+    dtype = execution_dtype(load_space(setup.space).training.compute_dtype, setup.device)
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} (torch threads {torch_threads()}, "
+            f"trials in {dtype})")
 
 
 def torch_threads() -> int:
@@ -417,7 +446,9 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                   + f"; trial seeds {', '.join(seed_schemes)} (`common`: every plan of a search trains at one seed "
                   "per fidelity, so the search compares plans at the same batches)" + ".", ""]
     commits = sorted({c.get("commit", "?") for c in cells})
-    machines = sorted({c.get("machine", "?") for c in cells})
+    # cells written before trials recorded their dtype computed in the space's (bf16 on the default)
+    machines = sorted({m if "trials in" in m or not m.endswith(")") else f"{m[:-1]}, trials in bf16)"
+                       for m in (c.get("machine", "?") for c in cells)})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "
               f"Machine: {'; '.join(machines) or '-'}.", ""]
     for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k[0] != "news", k)):

@@ -313,6 +313,7 @@ def _priors(p: PreparedSearch) -> Priors:
 
 
 def _evaluator_config(p: PreparedSearch) -> tuple[EvaluatorConfig, bool]:
+    from autoqra.trials.backends import dtype_note
     from autoqra.trials.evaluator import EvaluatorConfig
 
     device, t = p.device, p.space.training
@@ -323,7 +324,7 @@ def _evaluator_config(p: PreparedSearch) -> tuple[EvaluatorConfig, bool]:
     config = EvaluatorConfig.for_space(p.space, p.task, device=device, grad_checkpointing=checkpointing)
     checkpoint_note = "on" if checkpointing else "off (it changes memory, not results; the memory objective " \
                                                  "still uses the budget setup)"
-    log.info(f"  trials    on {device}, {t.compute_dtype}, {t.optimizer}, gradient checkpointing {checkpoint_note}")
+    log.info(f"  trials    on {device}, {dtype_note(t.compute_dtype, device)}, {t.optimizer}, gradient checkpointing {checkpoint_note}")
     return config, checkpointing
 
 

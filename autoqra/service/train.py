@@ -80,6 +80,7 @@ def prepare_train(request: TrainRequest) -> PreparedTrain:
 
 def run_train(request: TrainRequest | PreparedTrain) -> TrainRun:
     """Train the plan's adapters and save them (see the module docstring)."""
+    from autoqra.trials.backends import dtype_note
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
     from autoqra.trials.train import eval_loss
 
@@ -88,7 +89,7 @@ def run_train(request: TrainRequest | PreparedTrain) -> TrainRun:
     t, f = p.space.training, p.fidelity
     config = EvaluatorConfig.for_space(p.space, p.task, device=p.device)
     log.info(f"train: model {p.space.model}, task {p.task}, fidelity {f.name}: {f.steps} steps x batch {f.batch_size} "
-             f"x seq {f.seq_len}, {f.eval_examples} eval examples; {t.compute_dtype}, {t.optimizer}, lr "
+             f"x seq {f.seq_len}, {f.eval_examples} eval examples; {dtype_note(t.compute_dtype, p.device)}, {t.optimizer}, lr "
              f"{t.learning_rate:g}, seed {p.seed} (from --seed {p.request.seed}); on {p.device}")
     log.info(f"plan: {p.plan_source} [{p.plan.plan_hash[:8]}]")
     started = time.perf_counter()

@@ -45,6 +45,7 @@ def prepare_trial(request: TrialRequest) -> PreparedTrial:
 
 def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
     """Train and evaluate the plan; writes the result JSON to ``request.out`` when given."""
+    from autoqra.trials.backends import dtype_note
     from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 
     p = request if isinstance(request, PreparedTrial) else prepare_trial(request)
@@ -52,7 +53,7 @@ def run_trial(request: TrialRequest | PreparedTrial) -> TrialResult:
     config = EvaluatorConfig.for_space(p.space, p.task, device=p.device, init=r.init,
                                        grad_checkpointing=r.grad_checkpointing)
     log.info(f"trial: model {p.space.model}, task {p.task}, fidelity {f.name} ({f.steps} steps x batch {f.batch_size} "
-             f"x seq {f.seq_len}, {f.eval_examples} eval examples), {t.compute_dtype}, {t.optimizer}, init {r.init}, "
+             f"x seq {f.seq_len}, {f.eval_examples} eval examples), {dtype_note(t.compute_dtype, p.device)}, {t.optimizer}, init {r.init}, "
              f"seed {p.seed}")
     log.info(f"plan: {p.plan_source}; {plan_summary(p.plan)}")
     result = Evaluator(config).evaluate(p.plan, f, p.seed)

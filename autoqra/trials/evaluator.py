@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from autoqra.domain import NO_ADAPTER_MESSAGE, Fidelity, PhaseSeconds, Plan, TrialMetrics, TrialResult, TrialStatus
 from autoqra.space.memory import MemoryModel, OptimizerName, TrainingSetup
 from autoqra.space.model_spec import model_spec, spec_from_config
+from autoqra.trials.backends import execution_dtype
 from autoqra.trials.data import TaskData, build_task
 from autoqra.trials.footprint import measure_footprint
 from autoqra.trials.layer_cache import LayerCache
@@ -78,6 +79,8 @@ class Evaluator:
     def __init__(self, config: EvaluatorConfig, model_loader: Any = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        # what the trials compute in: the setup's dtype where this hardware is fast at it, else fp32
+        self.dtype = execution_dtype(config.compute_dtype, self.device)
         self._loader = model_loader
         if model_loader is None:
             self.weights: Weights | None = resolve_weights(config.model)
@@ -126,7 +129,7 @@ class Evaluator:
             metric_name="accuracy" if data.metric == "accuracy" else "eval_loss", metrics=metrics,
             train_losses=outcome.losses, predicted_peak_bytes=predicted, measured_peak_bytes=measured_peak,
             measured_static_bytes=footprint.total, peak_rss_bytes=None if self.device == "cuda" else rss,
-            device=self.device,
+            device=self.device, execution_dtype=self.dtype,
             phases=PhaseSeconds(load_s=t1 - t0, build_s=t2 - t1, train_s=train_s, eval_s=t4 - t2 - train_s),
             versions=self._versions, error=outcome.error,
         )
@@ -156,7 +159,7 @@ class Evaluator:
 
         cfg = self.config
         originals = self._originals(model, plan) if cfg.init == "loftq" else {}
-        quantize_model(model, plan, cfg.compute_dtype, self.device, cache=self.layer_cache)
+        quantize_model(model, plan, self.dtype, self.device, cache=self.layer_cache, storage_dtype=cfg.compute_dtype)
         model = attach_lora(model, plan, alpha_ratio=cfg.alpha_ratio)
         if originals:
             init_from_residuals(model, originals)
@@ -208,7 +211,7 @@ class Evaluator:
             plan=plan, fidelity=fidelity, task=self.config.task, seed=seed, status=TrialStatus.FAILED, objective=None,
             metric_name="eval_loss", metrics=TrialMetrics(), train_losses=(), predicted_peak_bytes=predicted,
             measured_peak_bytes=None, measured_static_bytes=0, peak_rss_bytes=None, device=self.device,
-            phases=PhaseSeconds(), versions=self._versions,
+            execution_dtype=self.dtype, phases=PhaseSeconds(), versions=self._versions,
             error=NO_ADAPTER_MESSAGE,
         )
 

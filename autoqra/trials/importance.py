@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoqra.domain import Plan, PlanGroup, QuantFormat
 from autoqra.priors.schema import GroupPrior, Priors
-from autoqra.trials.backends import backend_for
+from autoqra.trials.backends import backend_for, dtype_note, execution_dtype
 from autoqra.trials.data import TaskData
 from autoqra.trials.layer_cache import LayerCache
 from autoqra.trials.lora import attach_lora, init_default
@@ -113,16 +113,19 @@ def measure_priors(*, model_name: str, fingerprint: str, task: str, granularity:
                    groups: tuple[tuple[str, tuple[str, ...]], ...], lowest: QuantFormat, compute_dtype: str,
                    model: nn.Module, data: TaskData, calibration: int, cache: LayerCache, demand_batches: int = 4,
                    seed: int = 0) -> Priors:
-    """Both scores for every group of ``model`` (unquantized, fp32 as loaded; it is consumed)."""
+    """Both scores for every group of ``model`` (unquantized, fp32 as loaded; it is consumed). Computed
+    on the CPU in ``compute_dtype``, or in fp32 from weights rounded to it where this CPU has no fast
+    kernels for it (``execution_dtype``), as trials are."""
     from autoqra.trials.backends.base import torch_dtype
 
     modules = dict(model.named_modules())
     full_precision = {m: (modules[m].weight.detach().clone(),
                           None if modules[m].bias is None else modules[m].bias.detach().clone())
                       for _, names in groups for m in names}
-    model.to(torch_dtype(compute_dtype))
+    run_dtype = execution_dtype(compute_dtype, "cpu")
+    model.to(torch_dtype(compute_dtype)).to(torch_dtype(run_dtype))
     calib = data.train_ids[:calibration]
-    sens = sensitivity(model, groups, lowest, compute_dtype, calib, cache, full_precision)
+    sens = sensitivity(model, groups, lowest, run_dtype, calib, cache, full_precision)
     del full_precision
     # sensitivity swapped every group back: the model is unquantized again, ready for the LoRA probe
     dem = demand(model, groups, compute_dtype, data, demand_batches, min(4, calibration), seed)
@@ -169,10 +172,12 @@ def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, co
 
     weights = resolve_weights(model)
     groups = model_spec(model).groups(granularity)
+    run_dtype = execution_dtype(compute_dtype, "cpu")
+    dtype_key = compute_dtype if run_dtype == compute_dtype else f"{compute_dtype}-in-{run_dtype}"
     # the task's data digest and the quantizing library's version too: priors measured on another
     # version of the task's data, or of the code that quantized the lowest format, are not reused
     key = hashlib.sha256(f"{weights.fingerprint}|{task}|{task_fingerprint(task)}|{granularity}|{lowest.label}|"
-                         f"{backend_for(lowest).version_tag()}|{compute_dtype}|{calibration}|"
+                         f"{backend_for(lowest).version_tag()}|{dtype_key}|{calibration}|"
                          f"{seq_len}|{demand_batches}|{seed}".encode()).hexdigest()[:20]
     path = cache_root() / "priors" / f"{key}.json"
     if path.is_file():
@@ -183,8 +188,9 @@ def cached_space_priors(*, model: str, granularity: str, lowest: QuantFormat, co
         priors = Priors.from_json(text, source=str(path))
         priors.check_matches(groups, weights.fingerprint, str(path))
         return priors, path, True
+    computed_in = dtype_note(compute_dtype, "cpu")
     log.info(f"priors: measuring ({calibration} calibration sequences x {seq_len} tokens at {lowest.label}, "
-             f"demand over {demand_batches} batches); cached in {path}")
+             f"demand over {demand_batches} batches, in {computed_in}); cached in {path}")
     priors = measure_space_priors(model=model, granularity=granularity, lowest=lowest,
                                   compute_dtype=compute_dtype, task=task, calibration=calibration, seq_len=seq_len,
                                   demand_batches=demand_batches, seed=seed)

@@ -27,15 +27,18 @@ def quantize_linear(linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, dev
 
 
 def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str = "cpu",
-                   cache: LayerCache | None = None) -> nn.Module:
+                   cache: LayerCache | None = None, storage_dtype: str | None = None) -> nn.Module:
     """Quantize ``model`` in place according to ``plan``; everything else goes to the compute dtype.
 
     Block linears are quantized from the weights as loaded (fp32 keeps full precision), or taken
     from ``cache`` when it holds them; embeddings, norms and the LM head are then cast to the compute
-    dtype. All base weights end up frozen.
+    dtype, after rounding to ``storage_dtype`` when one is given (a trial computing in fp32 for a
+    16-bit setup: the weights the setup stores, wider arithmetic). All base weights end up frozen.
     """
     if compute_dtype not in TORCH_DTYPES:
         raise PlanError(f"compute dtype must be one of {TORCH_DTYPES}, not {compute_dtype!r}")
+    if storage_dtype is not None and storage_dtype not in TORCH_DTYPES:
+        raise PlanError(f"storage dtype must be one of {TORCH_DTYPES}, not {storage_dtype!r}")
     modules = dict(model.named_modules())
     choices = plan.module_choices()
     for name, (fmt, _rank) in choices.items():
@@ -48,12 +51,13 @@ def quantize_model(model: nn.Module, plan: Plan, compute_dtype: str, device: str
             replacement = quantize_linear(modules[name], fmt, compute_dtype, device)
         setattr(modules[parent_name], child, replacement)
     dtype = torch_dtype(compute_dtype)
+    stored = torch_dtype(storage_dtype or compute_dtype)
     quantized_names = set(choices)
     for name, module in model.named_modules():
         if name in quantized_names or any(name.startswith(q + ".") for q in quantized_names):
             continue
         for param in module.parameters(recurse=False):
-            param.data = param.data.to(device=device, dtype=dtype)
+            param.data = param.data.to(dtype=stored).to(device=device, dtype=dtype)
             param.requires_grad_(False)
         for bname, buf in list(module.named_buffers(recurse=False)):
             module._buffers[bname] = buf.to(device)  # keeps its dtype (rotary inv_freq stays fp32)

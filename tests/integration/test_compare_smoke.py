@@ -108,3 +108,13 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     refused = compare(out, cache_dir)
     assert refused.returncode == 2 and "'trial_seeds': 'per-plan'" in refused.stderr.splitlines()[-1]
     assert other.read_text() == kept
+    # and so is one whose trials computed in another dtype (bf16 where this CPU runs them in fp32, or
+    # the other way round): they differ in rounding, so the table does not mix them
+    mine = cell["trial_dtype"]
+    assert mine in ("bf16", "fp32")
+    theirs = "fp32" if mine == "bf16" else "bf16"
+    other.write_text(json.dumps({**cell, "trial_dtype": theirs}))
+    kept = other.read_text()
+    refused = compare(out, cache_dir)
+    assert refused.returncode == 2 and f"'trial_dtype': '{theirs}'" in refused.stderr.splitlines()[-1]
+    assert other.read_text() == kept

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autoqra.domain import Fidelity, Plan, PlanGroup, QuantFormat, TrialStatus
 from autoqra.space.model_spec import spec_from_config
+from autoqra.trials.backends import execution_dtype, torch_dtype
 from autoqra.trials.evaluator import Evaluator, EvaluatorConfig
 from autoqra.trials.quantize import quantize_linear
 from tests.conftest import tiny_config
@@ -145,6 +146,23 @@ def test_trials_reproduce_from_their_seed(tokenizer):
     c = evaluator.evaluate(plan, FID, seed=22)
     assert a.train_losses == b.train_losses and a.metrics == b.metrics
     assert c.train_losses != a.train_losses
+
+
+def test_a_bf16_setup_trains_in_the_execution_dtype_from_bf16_rounded_weights(tokenizer):
+    """Where the CPU has no fast bf16 kernels (AVX2 only), trials compute in fp32; the frozen weights
+    are still what a bf16 setup stores, and the result records the dtype it computed in."""
+    load, spec = loader_for("llama", tokenizer)
+    plan = Plan(model="llama", granularity="block", groups=tuple(
+        PlanGroup(name=n, modules=m, format=QuantFormat(name="bf16", bits=16), rank=2) for n, m in spec.block_groups()))
+    evaluator = Evaluator(EvaluatorConfig(model="llama", compute_dtype="bf16"), model_loader=load)
+    assert evaluator.dtype == execution_dtype("bf16", "cpu") and evaluator.dtype in ("bf16", "fp32")
+    model, _ = evaluator.build_model(plan, seed=3)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch_dtype(evaluator.dtype) for p in frozen)
+    assert all(torch.equal(p, p.to(torch.bfloat16).to(p.dtype)) for p in frozen)  # bf16-representable
+    result = evaluator.evaluate(plan, FID, seed=3)
+    assert result.status is TrialStatus.OK, result.error
+    assert result.execution_dtype == evaluator.dtype
 
 
 def test_plan_without_adapters_is_a_failed_result_not_an_exception(tokenizer):

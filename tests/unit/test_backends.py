@@ -207,11 +207,26 @@ def test_backend_of_is_none_for_other_modules():
     assert backend_of(torch.nn.LayerNorm(8)) is None
 
 
-@pytest.mark.parametrize("fmt_name, compute", [("bf16", "fp32"), ("fp32", "bf16"), ("fp16", "bf16")])
-def test_dense_format_must_be_the_compute_dtype(fmt_name, compute):
+@pytest.mark.parametrize("fmt_name, compute", [("fp32", "bf16"), ("fp16", "bf16"), ("bf16", "fp16")])
+def test_dense_format_must_be_the_compute_dtype_or_narrower_than_fp32(fmt_name, compute):
     fmt = QuantFormat(name=fmt_name, bits=FORMAT_BITS[fmt_name][0])
     with pytest.raises(FormatError, match="differs from the compute dtype"):
         build_layer(make_linear(True), fmt, compute, "cpu")
+
+
+@pytest.mark.parametrize("fmt_name", ["bf16", "fp16"])
+def test_a_16_bit_dense_layer_computed_in_fp32_holds_the_16_bit_weights(fmt_name):
+    """A trial on hardware without fast 16-bit kernels computes in fp32 (execution_dtype): the layer
+    must still hold what the format stores, so only the arithmetic is wider."""
+    fmt = QuantFormat(name=fmt_name, bits=16)
+    linear = make_linear(True)
+    original = linear.weight.detach().clone()
+    layer = build_layer(copy.deepcopy(linear), fmt, "fp32", "cpu")
+    assert layer.weight.dtype == torch.float32
+    rounded = original.to(torch_dtype(fmt_name)).float()
+    assert torch.equal(layer.weight, rounded) and not torch.equal(layer.weight, original)
+    assert torch.equal(layer.bias, linear.bias.detach().to(torch_dtype(fmt_name)).float())
+
 
 
 def _input_grad(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:

@@ -13,12 +13,13 @@ from autoqra.domain import QuantFormat
 from autoqra.errors import FormatError
 from autoqra.space.formats import check_storable
 from autoqra.trials.backends import bnb4, bnb8, dense, hqq
-from autoqra.trials.backends.base import TORCH_DTYPES, Backend, torch_dtype
+from autoqra.trials.backends.base import TORCH_DTYPES, Backend, dtype_note, execution_dtype, torch_dtype
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BACKENDS", "TORCH_DTYPES", "Backend", "backend_for", "backend_of", "build_layer", "torch_dtype"]
+__all__ = ["BACKENDS", "TORCH_DTYPES", "Backend", "backend_for", "backend_of", "build_layer", "dtype_note",
+           "execution_dtype", "torch_dtype"]
 
 BACKENDS: tuple[Backend, ...] = (
     hqq.BACKEND,

@@ -30,6 +30,42 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+@functools.cache
+def execution_dtype(compute_dtype: str, device: str) -> str:
+    """The dtype a trial computes in on ``device`` for a setup that computes in ``compute_dtype``.
+
+    ``compute_dtype`` is what the user's setup (and the memory model) uses. A trial computes in it
+    where the hardware has fast kernels for it, and otherwise in fp32, with the weights still
+    rounded to ``compute_dtype`` first (``storage_dtype`` of ``quantize_model``): the same model, with
+    wider arithmetic. Torch's bf16 matmul on a CPU without oneDNN's bf16 path (no AVX-512) is a scalar
+    fallback, 67x slower than fp32 on a 2-core AVX2 EPYC (``experiments/dtype_speed.py``), which made
+    a 30-second trial take over 12 minutes. On CUDA, bf16 needs compute capability 8.0 or newer.
+    """
+    import torch
+
+    if compute_dtype == "fp32":
+        return "fp32"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        fast = torch.cuda.is_bf16_supported() if compute_dtype == "bf16" else True
+    else:
+        # torch.ops.mkldnn._is_mkldnn_*_supported are what torch's own CPU autocast tests use to tell
+        # whether oneDNN has the 16-bit path; torch has no public query for it
+        check = torch.ops.mkldnn._is_mkldnn_bf16_supported if compute_dtype == "bf16" \
+            else torch.ops.mkldnn._is_mkldnn_fp16_supported
+        fast = torch.backends.mkldnn.is_available() and bool(check())
+    return compute_dtype if fast else "fp32"
+
+
+def dtype_note(compute_dtype: str, device: str) -> str:
+    """``compute_dtype``, or how a trial on ``device`` computes instead of it, for progress output."""
+    run = execution_dtype(compute_dtype, device)
+    if run == compute_dtype:
+        return compute_dtype
+    return f"fp32 with {compute_dtype}-rounded weights (this {device.upper()} has no fast {compute_dtype} kernels)"
+
+
 def library_loaded(name: str) -> bool:
     """Whether ``name`` is imported. No layer of a library's class can exist before the library is
     imported, so ``owns`` checks this first: a footprint walk over an HQQ-only model then never

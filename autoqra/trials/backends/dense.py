@@ -1,7 +1,10 @@
 """Unquantized layers (formats ``bf16``, ``fp16``, ``fp32``): the ``nn.Linear`` itself, frozen.
 
-The format must be the compute dtype: a mixed-dtype matmul would fail at the first forward. These
-layers are not cached: casting a weight is as cheap as reading it back.
+The format must be the compute dtype (a mixed-dtype matmul would fail at the first forward), or the
+compute dtype is fp32: a trial that computes in fp32 on hardware without fast 16-bit kernels
+(``execution_dtype``) rounds the weight to its format first, so the layer holds what the format
+stores and only the arithmetic is wider. These layers are not cached: casting a weight is as cheap
+as reading it back.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _check_dtype(fmt: QuantFormat, compute_dtype: str) -> None:
-    if fmt.name != compute_dtype:
+    if fmt.name != compute_dtype and compute_dtype != "fp32":
         raise FormatError(
             f"unquantized format {fmt.name} differs from the compute dtype {compute_dtype}; "
             f"use {compute_dtype} for layers kept in full precision"
@@ -30,6 +33,7 @@ def _check_dtype(fmt: QuantFormat, compute_dtype: str) -> None:
 class Dense(Backend):
     def build(self, linear: nn.Linear, fmt: QuantFormat, compute_dtype: str, device: str) -> nn.Module:
         _check_dtype(fmt, compute_dtype)
+        linear = linear.to(dtype=torch_dtype(fmt.name))  # the format's rounding, also when computing wider
         return linear.to(device=device, dtype=torch_dtype(compute_dtype)).requires_grad_(False)
 
     def state(self, layer: nn.Module) -> dict[str, torch.Tensor]:
