@@ -123,6 +123,14 @@ def run_cells(args: argparse.Namespace, plans: list[tuple[str, object]]) -> None
     if not todo:
         return
     evaluator = Evaluator(EvaluatorConfig.for_space(space, args.task, device=args.device))
+    # cells whose trials computed in another dtype (bf16 on a CPU with fast bf16 kernels, fp32 without;
+    # a cell from before results recorded it computed in the space's) differ in rounding: not mixed
+    made_in = {(json.loads(p.read_text())["result"].get("execution_dtype") or space.training.compute_dtype)
+               for p in args.out.glob("*.s[0-9].json")}
+    if made_in - {evaluator.dtype}:
+        print(f"fidelity study: error: the cells in {args.out} were computed in {', '.join(sorted(made_in))}; this "
+              f"machine computes trials in {evaluator.dtype}: use another --out", file=sys.stderr)
+        raise SystemExit(2)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (label, plan, fidelity, seed_index) in enumerate(todo, 1):
         seed = study_seed(args.seed + seed_index, plan.plan_hash, fidelity)
