@@ -21,7 +21,10 @@ def load_quantized(model: str, plan: Plan | str | Path, compute_dtype: str = "bf
                    cache_dir: Path | None = None) -> tuple[Any, Any]:
     """The base model ``model`` (an alias of the embedded default, a local folder or a hub id) with its
     block linears stored as ``plan`` says, and its tokenizer. ``plan``: a Plan or a plan.json path.
-    Weights are frozen; quantized layers come from the autoqra layer cache when it holds them."""
+    Weights are frozen; quantized layers come from the autoqra layer cache when it holds them. Where
+    ``device`` has no fast kernels for ``compute_dtype`` (bf16 on an AVX2-only CPU), the model computes
+    in fp32 from weights rounded to ``compute_dtype``, as trials do (``execution_dtype``)."""
+    from autoqra.trials.backends import execution_dtype
     from autoqra.trials.layer_cache import LayerCache
     from autoqra.trials.models import cache_root, load_causal_lm, resolve_device, resolve_weights
     from autoqra.trials.quantize import quantize_model
@@ -32,6 +35,7 @@ def load_quantized(model: str, plan: Plan | str | Path, compute_dtype: str = "bf
     weights = resolve_weights(model)
     base, tokenizer = load_causal_lm(weights, "fp32")  # quantize from full precision, as a trial does
     cache = LayerCache(cache_dir if cache_dir is not None else cache_root(), weights.fingerprint)
-    quantize_model(base, plan, compute_dtype, resolve_device(device), cache=cache)
+    target = resolve_device(device)
+    quantize_model(base, plan, execution_dtype(compute_dtype, target), target, cache=cache, storage_dtype=compute_dtype)
     base.eval()
     return base, tokenizer
