@@ -403,12 +403,8 @@ def commit() -> str:
 def machine(setup: Setup) -> str:
     """The hardware, and the dtype trials computed in (fp32 where it has no fast kernels for the
     space's 16-bit dtype: cells made in another dtype differ in rounding, so the report shows it)."""
-    from autoqra.space.search_space import load_space
-    from autoqra.trials.backends import execution_dtype
-
-    dtype = execution_dtype(load_space(setup.space).training.compute_dtype, setup.device)
     return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} (torch threads {torch_threads()}, "
-            f"trials in {dtype})")
+            f"trials in {trial_dtype(setup)})")
 
 
 def torch_threads() -> int:

@@ -38,8 +38,8 @@ def execution_dtype(compute_dtype: str, device: str) -> str:
     where the hardware has fast kernels for it, and otherwise in fp32, with the weights still
     rounded to ``compute_dtype`` first (``storage_dtype`` of ``quantize_model``): the same model, with
     wider arithmetic. Torch's bf16 matmul on a CPU without oneDNN's bf16 path (no AVX-512) is a scalar
-    fallback, 67x slower than fp32 on a 2-core AVX2 EPYC (``experiments/dtype_speed.py``), which made
-    a 30-second trial take over 12 minutes. On CUDA, bf16 needs compute capability 8.0 or newer.
+    fallback, 71x slower than fp32 on a 2-core AVX2 EPYC (``experiments/dtype_speed.py``), where a
+    `high` trial in bf16 ran over 12 minutes (fp32: about 100 s). On CUDA, bf16 needs compute capability 8.0 or newer.
     """
     import torch
 
