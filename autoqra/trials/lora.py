@@ -63,8 +63,13 @@ def init_default(model: nn.Module, generator: torch.Generator) -> int:
     done = 0
     for module in model.modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            weight = module.lora_A["default"].weight
             with torch.no_grad():
-                torch.nn.init.kaiming_uniform_(module.lora_A["default"].weight, a=math.sqrt(5), generator=generator)
+                # drawn on the generator's device (CPU) and copied: a CUDA adapter cannot take a CPU
+                # generator, and the same seed then gives the same adapters on every device
+                draw = torch.empty(weight.shape, dtype=weight.dtype, device=generator.device)
+                torch.nn.init.kaiming_uniform_(draw, a=math.sqrt(5), generator=generator)
+                weight.copy_(draw)
                 module.lora_B["default"].weight.zero_()
             done += 1
     return done
