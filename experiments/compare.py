@@ -50,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from autoqra.domain import TRIAL_SEEDS  # noqa: E402 (light: no torch)
 from autoqra.errors import AutoQRAError  # noqa: E402 (light: no torch)
+from autoqra.space.memory import MEMORY_MODEL_VERSION  # noqa: E402 (light: no torch)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("sequential", "autoqra", "random", "optuna-tpe", "optuna-nsga2")
@@ -190,6 +191,9 @@ def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     theirs = {k: cell.get(k, mine[k]) for k in mine}
     # a cell from before trials recorded their dtype computed in the space's
     mine["trial_dtype"], theirs["trial_dtype"] = trial_dtype(setup), cell.get("trial_dtype", space_dtype(setup))
+    # a cell from before the memory model had versions was priced by version 1: its budget and the plans
+    # that fit it are another experiment's
+    mine["memory_model"], theirs["memory_model"] = MEMORY_MODEL_VERSION, cell.get("memory_model", 1)
     if method:
         mine["space"], theirs["space"] = setup_space_key(setup), cell.get("space")
         mine["prior_model"], theirs["prior_model"] = prior_key(setup), cell.get("prior_model")
@@ -197,6 +201,8 @@ def check_cell(path: Path, setup: Setup, *, method: bool = False) -> bool:
     if theirs != mine:
         hint = " (this machine has no fast kernels for the space's dtype)" \
             if theirs["trial_dtype"] != mine["trial_dtype"] else ""
+        if theirs["memory_model"] != mine["memory_model"]:
+            hint += " (the memory model changed: docs/memory-model.md)"
         raise AutoQRAError(f"{path} was made with {theirs}, this run asks for {mine}{hint}: move the old cells away "
                            "(they are another experiment) or use another --out")
     return True
@@ -342,7 +348,8 @@ def run_space_key(run_dir: Path) -> str:
 
 
 def cell_settings(setup: Setup) -> dict[str, Any]:
-    return {"max_trials": setup.max_trials, "final_fidelity": final_key(setup), "trial_dtype": trial_dtype(setup)}
+    return {"max_trials": setup.max_trials, "final_fidelity": final_key(setup), "trial_dtype": trial_dtype(setup),
+            "memory_model": MEMORY_MODEL_VERSION}
 
 
 def space_dtype(setup: Setup) -> str:
@@ -445,8 +452,12 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
     # cells written before trials recorded their dtype computed in the space's (bf16 on the default)
     machines = sorted({m if "trials in" in m or not m.endswith(")") else f"{m[:-1]}, trials in bf16)"
                        for m in (c.get("machine", "?") for c in cells)})
+    versions = sorted({c.get("memory_model", 1) for c in cells})
     lines += [f"Commits (HEAD when each cell was written): {', '.join(commits) or '-'}. "
-              f"Machine: {'; '.join(machines) or '-'}.", ""]
+              f"Machine: {'; '.join(machines) or '-'}. Budgets and predicted peaks by memory model version "
+              f"{', '.join(map(str, versions))}"
+              + (f" (this autoqra's is {MEMORY_MODEL_VERSION}: docs/memory-model.md)"
+                 if versions != [MEMORY_MODEL_VERSION] else "") + ".", ""]
     for task, budget in sorted({(c["task"], c["budget"]) for c in cells}, key=lambda k: (k[1] != "qlora", k[0] != "news", k)):
         rows = [c for c in cells if c["task"] == task and c["budget"] == budget]
         refs = {c["method"]: c for c in cells if c["kind"] == "reference" and c["task"] == task}

@@ -23,11 +23,14 @@ _ROWS = (
     ("lora_params", "LoRA parameters"),
     ("lora_grads", "LoRA gradients"),
     ("optimizer_states", "optimizer states"),
-    ("activations", "activations"),
-    ("logits", "logits + loss"),
-    ("workspace", "dequant + backward workspace"),
     ("framework", "framework constant"),
+    ("activations", "activations"),
 )
+# the two phases of the backward pass: only the larger one is part of the peak
+_PHASES = {
+    "logits": (("logits", "logits + loss"),),
+    "blocks": (("recompute", "recomputed block"), ("workspace", "dequant + backward workspace")),
+}
 
 
 def run_estimate(args: argparse.Namespace) -> int:
@@ -115,9 +118,16 @@ def _print_model(spec: ModelSpec) -> None:
 def _print_breakdown(b: MemoryBreakdown) -> None:
     print("peak training memory (binary units: GiB = 2^30 bytes)")
     for key, label in _ROWS:
-        value = getattr(b, key)
-        share = value / b.total if b.total else 0.0
-        print(f"  {label:<30} {format_bytes(value):>12} {share:>7.1%}")
+        _print_row(label, getattr(b, key), b.total)
+    for phase, rows in _PHASES.items():
+        at_peak = phase == b.peak_phase
+        print(f"  backward, {phase} phase" + ("  <- the peak" if at_peak else "  (smaller: not in the total)"))
+        for key, label in rows:
+            _print_row(label, getattr(b, key), b.total if at_peak else 0, indent=4)
     print(f"  {'static (resident)':<30} {format_bytes(b.static):>12}")
     print(f"  {'total peak':<30} {format_bytes(b.total):>12}   ({b.total:,} bytes)")
 
+
+def _print_row(label: str, value: int, total: int, indent: int = 2) -> None:
+    share = f"{value / total:>7.1%}" if total else ""
+    print(f"{' ' * indent}{label:<{32 - indent}} {format_bytes(value):>12} {share}")

@@ -4,8 +4,9 @@
 driver (``postgresql+psycopg://``). The URL is checked (parsed, then one connection) before a
 search starts, so an unreachable database is one line, not a traceback after the priors. A study
 holds its run's settings as user attributes (see :mod:`autoqra.store.ledger`): a resume, or a second
-search joining the study, is refused when its model, task, space or budget differ (a resume also
-needs the same strategy, seed and preset), with one line naming the first difference.
+search joining the study, is refused when its memory model's version, model, task, space or budget
+differ (a resume also needs the same strategy, seed and preset), with one line naming the first
+difference.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from autoqra.store.ledger import StoreError, sqlite_url
 from autoqra.store.ledger import normalize_url as normalize_url  # re-exported for the service's callers
 
 #: settings a second search writing the same study must share (its trials are compared with ours)
-JOIN_KEYS = ("model", "task", "space", "budget_bytes")
+JOIN_KEYS = ("memory_model", "model", "task", "space", "budget_bytes")
 #: settings a resume must share: the search is replayed from them
 RESUME_KEYS = (*JOIN_KEYS, "strategy", "seed", "preset")
 
@@ -114,7 +115,8 @@ def resume_storage(settings: dict[str, Any], run_dir: Path | None) -> str | None
 
 def run_key(settings: dict[str, Any]) -> dict[str, Any]:
     """The values :data:`RESUME_KEYS` compares, from a settings dict."""
-    key = {"model": settings["model"], "task": settings["task"], "space": settings["space"],
+    # a run from before the memory model had versions was priced by version 1
+    key = {"memory_model": settings.get("memory_model", 1), "model": settings["model"], "task": settings["task"], "space": settings["space"],
            "budget_bytes": settings["budget"]["bytes"], "strategy": settings["strategy"], "seed": settings["seed"],
            "preset": settings["preset"]}
     return dict(json.loads(json.dumps(key)))  # tuples as lists, as the stored JSON has them

@@ -34,6 +34,7 @@ from autoqra.service.requests import (
     resolve_trial_inputs,
 )
 from autoqra.space.budget import ResolvedBudget, format_bytes, parse_budget, resolve
+from autoqra.space.memory import MEMORY_MODEL_VERSION
 from autoqra.space.model_spec import ModelSpec
 from autoqra.space.reference import QLORA_FORMAT, REFERENCE_RANK
 from autoqra.space.search_space import SearchSpace
@@ -169,6 +170,9 @@ def _check_against_study(p: PreparedSearch) -> None:
     new = run_store.run_key(_core_settings(p))
     if p.resumed is not None:
         diff = run_store.first_difference(run_store.run_key(p.resumed), new, run_store.RESUME_KEYS)
+        if diff is not None and diff.startswith("memory_model"):
+            raise AutoQRAError(f"--resume {p.run_dir}: the run's plans were priced by another memory model ({diff}; "
+                               "docs/memory-model.md): its feasible plans are not this version's; start a new run")
         if diff is not None:
             raise AutoQRAError(f"--resume {p.run_dir}: this search differs from the run in {diff}; resume with the "
                                "run's settings, or start a new run")
@@ -183,7 +187,8 @@ def _check_against_study(p: PreparedSearch) -> None:
 
 
 def _core_settings(p: PreparedSearch) -> dict[str, Any]:
-    return {"model": p.space.model, "space": p.space.model_dump(mode="json"), "task": p.task,
+    return {"memory_model": MEMORY_MODEL_VERSION, "model": p.space.model, "space": p.space.model_dump(mode="json"),
+            "task": p.task,
             "strategy": p.request.strategy, "preset": asdict(p.preset), "seed": p.request.seed,
             "budget": {"text": p.request.budget, "bytes": p.budget.bytes, "explanation": p.budget.explanation}}
 

@@ -6,12 +6,20 @@ The peak of a quantized-LoRA training step on the training device is modelled as
                 + unquantized tensors (embeddings, LM head, norms, biases, buffers) in the compute dtype
                 + LoRA parameters, their gradients (counted resident: conservative by their size)
                 + optimizer states
-    + activations  tensors saved for backward at the end of the forward pass (below)
-    + logits       the logits in the compute dtype, their fp32 log-softmax kept for backward,
-                   and the fp32 gradient pair created at the start of backward
-    + workspace    dequantization buffers of the largest quantized layer and the backward
-                   working set of one block
-    + framework    a constant for allocator rounding and library workspaces
+    + framework    a constant for allocator rounding and library workspaces (cuBLAS's among them)
+    + activations  tensors saved for backward at the end of the forward pass (below); with gradient
+                   checkpointing, each block's input
+    + the larger of the two phases of the backward pass, which never overlap:
+        logits     its start: the fp32 log-softmax output the loss saved, the fp32 gradient coming
+                   into it and the one it returns (the compute-dtype logits are not saved by any
+                   autograd node and are freed with the model's output)
+        blocks     the blocks' backward, after the logits' tensors are freed: with checkpointing
+                   one block's saved tensors, re-created (``recompute``), plus the workspace:
+                   dequantization buffers of the largest quantized layer and one block's backward
+                   working set
+
+Measured on an H200 (docs/memory-validation.md): summing both phases, as this model did before,
+over-predicted checkpointed runs by 10-30%.
 
 The activation terms follow what PyTorch actually saves for this stack (transformers' decoder
 blocks with SDPA attention, PEFT LoRA, HQQ / bitsandbytes bases): RMSNorm keeps its input in fp32
@@ -40,6 +48,10 @@ from autoqra.space.model_spec import LinearSpec, ModelSpec
 OptimizerName = Literal["adamw", "adamw8bit", "paged_adamw8bit"]
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit", "paged_adamw8bit")
 DEFAULT_FRAMEWORK_BYTES = 64 * 2**20
+#: which prices plans get: runs and comparison cells record it, and a resume across versions is refused.
+#: 1: both backward phases summed, logits at dtype + 12 bytes; 2: the larger phase only, logits at 12
+#: bytes (checked against an H200: docs/memory-validation.md)
+MEMORY_MODEL_VERSION = 2
 
 _BNB_8BIT_MIN_NUMEL = 4096  # bitsandbytes keeps fp32 states for smaller tensors
 _BNB_8BIT_BLOCK = 256
@@ -84,7 +96,8 @@ class MemoryBreakdown:
     lora_params: int
     lora_grads: int
     optimizer_states: int
-    activations: int
+    activations: int  # saved at the end of the forward pass (with checkpointing: each block's input)
+    recompute: int  # one block's saved tensors, re-created in backward under checkpointing (0 without)
     logits: int
     workspace: int
     framework: int
@@ -95,12 +108,19 @@ class MemoryBreakdown:
         return self.quantized_weights + self.unquantized + self.lora_params + self.lora_grads + self.optimizer_states
 
     @property
-    def total(self) -> int:
-        return self.static + self.activations + self.logits + self.workspace + self.framework
+    def peak_phase(self) -> Literal["logits", "blocks"]:
+        """The phase of the backward pass where the peak falls (the other one's terms do not count)."""
+        return "logits" if self.logits >= self.recompute + self.workspace else "blocks"
 
-    def as_dict(self) -> dict[str, int]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+    @property
+    def total(self) -> int:
+        phase = self.logits if self.peak_phase == "logits" else self.recompute + self.workspace
+        return self.static + self.framework + self.activations + phase
+
+    def as_dict(self) -> dict[str, int | str]:
+        out: dict[str, int | str] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["static"] = self.static
+        out["peak_phase"] = self.peak_phase
         out["total"] = self.total
         return out
 
@@ -118,7 +138,9 @@ class MemoryModel:
         unquantized_params = p.total - p.block_linear_weights - p.block_linear_biases
         self._unquantized_base = unquantized_params * self._a + spec.buffer_bytes
         self._storage_cache: dict[tuple[QuantFormat, int, int, bool], tuple[int, int]] = {}
-        self._logits = setup.tokens * spec.vocab_size * (self._a + 12)
+        # fp32 log-softmax output + incoming gradient + returned gradient (measured on an H200: the
+        # compute-dtype logits are gone by then, whatever the compute dtype)
+        self._logits = setup.tokens * spec.vocab_size * 12
         self._outside_blocks = setup.tokens * (
             4 * spec.hidden_size + 4  # final norm: fp32 input and rsqrt
             + 8  # int64 labels kept by the loss
@@ -167,9 +189,11 @@ class MemoryModel:
         ]
         tokens = self.setup.tokens
         if self.setup.grad_checkpointing:
-            activations = self.spec.num_blocks * tokens * self.spec.hidden_size * a + max(block_acts)
+            activations = self.spec.num_blocks * tokens * self.spec.hidden_size * a
+            recompute = max(block_acts)
         else:
             activations = sum(block_acts)
+            recompute = 0
         activations += self._outside_blocks
         workspace = largest_dequant + tokens * a * (2 * self.spec.hidden_size + 2 * self.spec.intermediate_size)
         return MemoryBreakdown(
@@ -179,6 +203,7 @@ class MemoryModel:
             lora_grads=lora_params,
             optimizer_states=self._optimizer_bytes(lora_numel),
             activations=activations,
+            recompute=recompute,
             logits=self._logits,
             workspace=workspace,
             framework=self.setup.framework_bytes,

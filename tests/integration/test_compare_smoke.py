@@ -55,6 +55,9 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     text = (out / "results.md").read_text()
     for task in ("news", "codebook"):
         assert f"## {task} at qlora" in text
+    from autoqra.space.memory import MEMORY_MODEL_VERSION
+
+    assert f"Budgets and predicted peaks by memory model version {MEMORY_MODEL_VERSION}." in text
     for method in ("lora16-r16", "qlora-nf4dq-r16", "sequential", "autoqra"):
         assert text.count(f"| {method} |") == 2
     # each plan against QLoRA at the same final seed: QLoRA is the reference of both grids, the others a difference
@@ -117,4 +120,13 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     kept = other.read_text()
     refused = compare(out, cache_dir)
     assert refused.returncode == 2 and f"'trial_dtype': '{theirs}'" in refused.stderr.splitlines()[-1]
+    assert other.read_text() == kept
+    # and so is one priced by another memory model (a cell from before versions reads as version 1): its
+    # budget and the plans that fit it are another experiment's
+    assert cell["memory_model"] == MEMORY_MODEL_VERSION > 1
+    other.write_text(json.dumps({k: v for k, v in cell.items() if k != "memory_model"}))
+    kept = other.read_text()
+    refused = compare(out, cache_dir)
+    last = refused.stderr.splitlines()[-1]
+    assert refused.returncode == 2 and "'memory_model': 1" in last and "the memory model changed" in last
     assert other.read_text() == kept

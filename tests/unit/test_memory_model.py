@@ -117,3 +117,25 @@ def test_training_setup_validation():
         TrainingSetup(batch_size=0)
     with pytest.raises(PlanError):
         TrainingSetup(optimizer="sgd")  # type: ignore[arg-type]
+
+
+def test_the_backward_phases_never_add_up_only_the_larger_one_is_at_the_peak():
+    # measured on an H200 (docs/memory-validation.md): the logits' backward and the blocks' backward
+    # hold memory at different times; a small vocabulary moves the peak from the first to the second
+    from transformers import LlamaConfig
+
+    from autoqra.space.model_spec import spec_from_config
+
+    setup = TrainingSetup(batch_size=4, seq_len=512, grad_checkpointing=True)
+    for vocab, phase in ((32000, "logits"), (4096, "blocks")):
+        config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=32,
+                             num_key_value_heads=4, vocab_size=vocab, tie_word_embeddings=False)
+        spec = spec_from_config(config, f"llama-v{vocab}")
+        b = MemoryModel(spec, setup).estimate(uniform_plan(spec, QuantFormat(name="hqq", bits=4), 16))
+        assert b.peak_phase == phase
+        assert b.logits == 4 * 512 * vocab * 12  # fp32 log-softmax output, its incoming and outgoing gradients
+        assert b.recompute > 0 and b.workspace > 0
+        assert b.total == b.static + b.framework + b.activations + max(b.logits, b.recompute + b.workspace)
+        without = MemoryModel(spec, dataclasses.replace(setup, grad_checkpointing=False)).estimate(
+            uniform_plan(spec, QuantFormat(name="hqq", bits=4), 16))
+        assert without.recompute == 0 and without.activations > b.activations
