@@ -6,7 +6,7 @@ The peak of a quantized-LoRA training step on the training device is modelled as
                 + unquantized tensors (embeddings, LM head, norms, biases, buffers) in the compute dtype
                 + LoRA parameters, their gradients (counted resident: conservative by their size)
                 + optimizer states
-    + framework    a constant for allocator rounding and library workspaces (cuBLAS's among them)
+    + framework    a constant for allocator rounding and library workspaces
     + activations  tensors saved for backward at the end of the forward pass (below); with gradient
                    checkpointing, each block's input
     + the larger of the two phases of the backward pass, which never overlap:
@@ -138,8 +138,9 @@ class MemoryModel:
         unquantized_params = p.total - p.block_linear_weights - p.block_linear_biases
         self._unquantized_base = unquantized_params * self._a + spec.buffer_bytes
         self._storage_cache: dict[tuple[QuantFormat, int, int, bool], tuple[int, int]] = {}
-        # fp32 log-softmax output + incoming gradient + returned gradient (measured on an H200: the
-        # compute-dtype logits are gone by then, whatever the compute dtype)
+        # fp32 log-softmax output + incoming gradient + returned gradient: the compute-dtype logits are
+        # saved by no autograd node and are gone by then (measured with bf16 compute on an H200; in fp32
+        # they are the log-softmax's input, which it does not save either)
         self._logits = setup.tokens * spec.vocab_size * 12
         self._outside_blocks = setup.tokens * (
             4 * spec.hidden_size + 4  # final norm: fp32 input and rsqrt
