@@ -7,16 +7,23 @@ be carried (its GGUF is 98 MB): speed and memory depend on shapes alone, not on 
 (SOURCE_FOLDER: the converted embedded model, ~/.cache/autoqra/models/smollm2-135m-instruct, or any
 folder with config.json and tokenizer files)
 """
+
 import shutil
 import sys
 from pathlib import Path
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
-config = AutoConfig.from_pretrained(src)
-model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-model.save_pretrained(out)
-for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
-    if (src / f).exists():
-        shutil.copy(src / f, out / f)
-print("saved", out)
+
+
+def main(src: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(src)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        if (src / name).exists():
+            shutil.copy(src / name, out / name)
+    print("saved", out)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -116,9 +116,9 @@ def resume_storage(settings: dict[str, Any], run_dir: Path | None) -> str | None
 def run_key(settings: dict[str, Any]) -> dict[str, Any]:
     """The values :data:`RESUME_KEYS` compares, from a settings dict."""
     # a run from before the memory model had versions was priced by version 1
-    key = {"memory_model": settings.get("memory_model", 1), "model": settings["model"], "task": settings["task"], "space": settings["space"],
-           "budget_bytes": settings["budget"]["bytes"], "strategy": settings["strategy"], "seed": settings["seed"],
-           "preset": settings["preset"]}
+    key = {"memory_model": settings.get("memory_model", 1), "model": settings["model"], "task": settings["task"],
+           "space": settings["space"], "budget_bytes": settings["budget"]["bytes"], "strategy": settings["strategy"],
+           "seed": settings["seed"], "preset": settings["preset"]}
     return dict(json.loads(json.dumps(key)))  # tuples as lists, as the stored JSON has them
 
 

@@ -169,10 +169,12 @@ def _check_against_study(p: PreparedSearch) -> None:
 
     new = run_store.run_key(_core_settings(p))
     if p.resumed is not None:
-        diff = run_store.first_difference(run_store.run_key(p.resumed), new, run_store.RESUME_KEYS)
-        if diff is not None and diff.startswith("memory_model"):
-            raise AutoQRAError(f"--resume {p.run_dir}: the run's plans were priced by another memory model ({diff}; "
-                               "docs/memory-model.md): its feasible plans are not this version's; start a new run")
+        stored = run_store.run_key(p.resumed)
+        if stored["memory_model"] != new["memory_model"]:
+            version = run_store.first_difference(stored, new, ("memory_model",))
+            raise AutoQRAError(f"--resume {p.run_dir}: the run's plans were priced by another memory model "
+                               f"({version}; docs/memory-model.md): its feasible plans are not this version's; start a new run")
+        diff = run_store.first_difference(stored, new, run_store.RESUME_KEYS)
         if diff is not None:
             raise AutoQRAError(f"--resume {p.run_dir}: this search differs from the run in {diff}; resume with the "
                                "run's settings, or start a new run")
@@ -188,8 +190,7 @@ def _check_against_study(p: PreparedSearch) -> None:
 
 def _core_settings(p: PreparedSearch) -> dict[str, Any]:
     return {"memory_model": MEMORY_MODEL_VERSION, "model": p.space.model, "space": p.space.model_dump(mode="json"),
-            "task": p.task,
-            "strategy": p.request.strategy, "preset": asdict(p.preset), "seed": p.request.seed,
+            "task": p.task, "strategy": p.request.strategy, "preset": asdict(p.preset), "seed": p.request.seed,
             "budget": {"text": p.request.budget, "bytes": p.budget.bytes, "explanation": p.budget.explanation}}
 
 

@@ -39,7 +39,6 @@ def test_adapters_are_the_seeds_kaiming_draws_in_module_order_and_b_is_zero():
             assert not module.lora_B["default"].weight.any()
     again, _, _ = adapted(3)
     other, _, _ = adapted(4)
-    a = [p for n, p in again.named_parameters() if "lora_A" in n]
-    b = [p for n, p in other.named_parameters() if "lora_A" in n]
-    assert all(torch.equal(x, y) for x, y in zip(a, [p for n, p in model.named_parameters() if "lora_A" in n], strict=True))
+    first, a, b = ([p for n, p in m.named_parameters() if "lora_A" in n] for m in (model, again, other))
+    assert all(torch.equal(x, y) for x, y in zip(a, first, strict=True))
     assert not any(torch.equal(x, y) for x, y in zip(a, b, strict=True))
