@@ -34,6 +34,7 @@ from autoqra.search.stage import FINAL_FIDELITY, HIGH_FIDELITY, LOW_FIDELITY, Ar
 from autoqra.search.surrogate import PerformanceModel
 from autoqra.search.trust_region import TrustRegionStage
 from autoqra.search.utility import PriorUtility, flat_utility
+from autoqra.search.warm_start import baseline_plans
 from autoqra.store.ledger import Ledger, Replay
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class SearchPipeline:
         Repairer(codec, utility, config.budget_bytes).check_reachable()
         self.final_top = config.preset.final_top if FINAL_FIDELITY in fidelities else 0
         self.stages = self._stages()
-        self.final = FinalStage(self.archive, self.final_top, config.budget_bytes) if self.final_top else None
+        self.final = (FinalStage(self.archive, self.final_top, config.budget_bytes, self._final_baselines())
+                      if self.final_top else None)
 
     # -- strategies ---------------------------------------------------------------------------
     def _stages(self) -> list[Stage]:
@@ -135,6 +137,14 @@ class SearchPipeline:
         if c.strategy == "sequential":
             return [sequential_stage(codec, self.sensitivity, budget)]
         return [optuna_stage(c.strategy, codec, prior_free, self.archive, c.seed, c.preset.evolution.population)]
+
+    def _final_baselines(self) -> list[Ask]:
+        """``autoqra``'s baselines for the final selection: the quantize-then-LoRA plans and the uniform
+        plans with adapters that fit, as its warm start holds them. The baseline strategies get none."""
+        if self.config.strategy != "autoqra":
+            return []
+        genomes = baseline_plans(self.codec, self.sensitivity, self.config.budget_bytes)
+        return [Ask(plan=self.codec.decode(g), fidelity=FINAL_FIDELITY, genome=g) for g in genomes]
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> RunOutcome:

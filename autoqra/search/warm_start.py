@@ -78,16 +78,16 @@ def _fill_formats(repairer: Repairer, genome: Genome) -> Genome:
             blocked.add(best)
 
 
+def baseline_plans(codec: SearchCodec, sensitivity: np.ndarray, budget_bytes: int) -> list[Genome]:
+    """The baselines' plans: the sequential plans, then the uniform plans with adapters that fit; no duplicates."""
+    trainable = [g for g in uniform_that_fit(codec, budget_bytes) if any(codec.ranks[r] > 0 for _, r in g)]
+    return list(dict.fromkeys([*sequential_genomes(codec, sensitivity, budget_bytes), *trainable]))
+
+
 def baseline_genomes(repairer: Repairer, sensitivity: np.ndarray) -> list[Genome]:
-    """The plans the search must not start below: the prior plan, the sequential plans, the uniform
-    plans with adapters that fit; in that order, without duplicates."""
-    codec = repairer.codec
-    trainable = [g for g in uniform_that_fit(codec, repairer.budget_bytes) if any(codec.ranks[r] > 0 for _, r in g)]
-    out: list[Genome] = []
-    for genome in [prior_plan(repairer), *sequential_genomes(codec, sensitivity, repairer.budget_bytes), *trainable]:
-        if genome not in out:
-            out.append(genome)
-    return out
+    """The plans the search must not start below: the prior plan, then :func:`baseline_plans`; no duplicates."""
+    baselines = baseline_plans(repairer.codec, sensitivity, repairer.budget_bytes)
+    return list(dict.fromkeys([prior_plan(repairer), *baselines]))
 
 
 def warm_start(repairer: Repairer, size: int, rng: np.random.Generator, sensitivity: np.ndarray) -> list[Genome]:

@@ -13,9 +13,10 @@ from autoqra.executors.inline import InlineExecutor
 from autoqra.search.pipeline import RunConfig, SearchPipeline, fidelity_costs
 from autoqra.search.repair import Repairer
 from autoqra.search.settings import PRESETS
-from autoqra.search.stage import FINAL_FIDELITY, HIGH_FIDELITY, LOW_FIDELITY
+from autoqra.search.final import FinalStage
+from autoqra.search.stage import FINAL_FIDELITY, HIGH_FIDELITY, LOW_FIDELITY, Archive, Ask, Evaluated
 from autoqra.search.synthetic import tiny_problem
-from autoqra.search.warm_start import baseline_genomes, prior_plan, sequential_genomes, uniform_that_fit
+from autoqra.search.warm_start import baseline_genomes, baseline_plans, prior_plan, sequential_genomes, uniform_that_fit
 from autoqra.store.ledger import Ledger, sqlite_url
 
 FINAL = Fidelity(name="final", steps=40, batch_size=2, seq_len=32, eval_examples=4)  # 2 high-trial units
@@ -51,26 +52,91 @@ def pipeline(problem, strategy="autoqra", final_top=3, max_cost=20.0, with_final
                           config=RunConfig(strategy, preset, problem.budget_bytes, seed))
 
 
-@pytest.mark.parametrize("strategy", ["autoqra", "random", "sequential"])
+def best_highs(searched, budget_bytes):
+    return sorted({e.ask.plan.plan_hash: e for e in searched
+                   if e.ask.fidelity == HIGH_FIDELITY and e.ok and e.predicted_peak_bytes <= budget_bytes}.values(),
+                  key=lambda e: (-e.objective, e.predicted_peak_bytes))
+
+
+@pytest.mark.parametrize("strategy", ["random", "sequential"])
 def test_the_best_k_high_plans_are_retrained_and_the_best_final_result_is_chosen(problem, strategy):
     outcome = pipeline(problem, strategy).run()
     archive = outcome.archive
     finals = archive.at(FINAL_FIDELITY)
     searched = [e for e in archive.items if e.ask.fidelity != FINAL_FIDELITY]
     assert archive.items[-len(finals):] == finals  # the final selection runs last
-    highs = sorted({e.ask.plan.plan_hash: e for e in searched
-                    if e.ask.fidelity == HIGH_FIDELITY and e.ok and e.predicted_peak_bytes <= problem.budget_bytes
-                    }.values(), key=lambda e: (-e.objective, e.predicted_peak_bytes))
+    highs = best_highs(searched, problem.budget_bytes)
     assert [e.ask.plan for e in finals] == [e.ask.plan for e in highs[:3]]
     assert outcome.chosen_by == FINAL_FIDELITY
     assert outcome.chosen is max(finals, key=lambda e: e.objective)
     # final reverses high: the chosen plan is the third best at high, which only its final trial shows
     assert outcome.chosen.ask.plan == highs[min(3, len(highs)) - 1].ask.plan
-    costs = fidelity_costs(dict(problem.codec.space.fidelities) | {"final": FINAL})
-    assert costs["final"] == 2.0
-    assert sum(costs[e.ask.fidelity] for e in searched) <= 20.0 + 1e-9  # the search never spent the reserve
-    assert outcome.spent == pytest.approx(sum(costs[e.ask.fidelity] for e in archive.items))
-    assert outcome.spent <= 20.0 + 3 * 2.0 + 1e-9
+
+
+def baseline_asks(problem):
+    codec = problem.codec
+    return [codec.decode(g) for g in baseline_plans(codec, np.ones(codec.n_groups), problem.budget_bytes)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_autoqra_retrains_its_best_high_plans_and_its_best_baseline_and_chooses_by_final(problem, seed):
+    outcome = pipeline(problem, seed=seed).run()
+    archive = outcome.archive
+    finals = archive.at(FINAL_FIDELITY)
+    searched = [e for e in archive.items if e.ask.fidelity != FINAL_FIDELITY]
+    assert archive.items[-len(finals):] == finals
+    highs = [e.ask.plan for e in best_highs(searched, problem.budget_bytes)]
+    baselines = baseline_asks(problem)
+    others = [b for b in baselines if b not in highs[:2]]
+
+    def score(plan, fidelity):
+        return max((e.objective for e in archive.at(fidelity) if e.ok and e.ask.plan == plan), default=None)
+
+    for fidelity in (HIGH_FIDELITY, LOW_FIDELITY):  # the last slot: best by high result, else by low result
+        scored = [(score(p, fidelity), -i) for i, p in enumerate(others) if score(p, fidelity) is not None]
+        if scored:
+            break
+    expected = [*highs[:2], others[-max(scored)[1]]]
+    assert [e.ask.plan for e in finals] == expected
+    assert len(set(expected)) == 3
+    assert outcome.chosen is max(finals, key=lambda e: e.objective)
+
+
+class BaselineWinsAtFinal:
+    """`final` where one plan (a baseline the search never ranks first) beats everything else."""
+
+    def __init__(self, inner, winner) -> None:
+        self.inner, self.winner = inner, winner
+
+    def evaluate(self, plan, fidelity, seed):
+        result = self.inner.evaluate(plan, fidelity, seed)
+        if fidelity.name == FINAL_FIDELITY and plan == self.winner:
+            return result.model_copy(update={"objective": result.objective + 10.0})
+        return result
+
+
+def test_autoqra_never_ends_below_the_baseline_it_retrains_and_k_1_retrains_only_the_best_high_plan(problem):
+    """Runs are deterministic up to `final`: a first run shows which baseline the final selection
+    retrains; a second, where that plan wins at `final`, must choose it over the search's own plans."""
+    fidelities = dict(problem.codec.space.fidelities) | {"final": FINAL}
+
+    def run(k, evaluator):
+        preset = dataclasses.replace(PRESETS["quick"], max_cost=20.0, final_top=k)
+        return SearchPipeline(codec=problem.codec, utility=problem.utility, fidelities=fidelities,
+                              runner=InlineExecutor(evaluator, fidelities), sensitivity=np.ones(problem.codec.n_groups),
+                              config=RunConfig("autoqra", preset, problem.budget_bytes, 0)).run()
+
+    first = run(2, problem.evaluator)
+    highs = [e.ask.plan for e in best_highs(first.archive.items, problem.budget_bytes)]
+    finals = [e.ask.plan for e in first.archive.at(FINAL_FIDELITY)]
+    baselines = baseline_asks(problem)
+    assert highs[0] not in baselines  # else this test would show nothing: the search's best beats every baseline
+    assert finals[0] == highs[0] and finals[1] in baselines and finals[1] != highs[1]
+    second = run(2, BaselineWinsAtFinal(problem.evaluator, finals[1]))
+    assert [e.ask.plan for e in second.archive.at(FINAL_FIDELITY)] == finals
+    assert second.chosen.ask.plan == finals[1] and second.chosen_by == FINAL_FIDELITY
+    only = run(1, BaselineWinsAtFinal(problem.evaluator, finals[1]))
+    assert [e.ask.plan for e in only.archive.at(FINAL_FIDELITY)] == [highs[0]] == [only.chosen.ask.plan]
 
 
 def test_without_a_final_fidelity_or_with_final_top_0_the_plan_is_chosen_by_high(problem):
@@ -130,3 +196,30 @@ def test_generation_zero_trains_every_baseline_at_low_first(problem):
     first = outcome.archive.items[: len(baselines)]
     assert [e.ask.genome for e in first] == baselines
     assert {e.ask.fidelity for e in first} == {LOW_FIDELITY}
+
+
+def test_the_baseline_slot_goes_to_the_best_baseline_not_already_retrained(problem):
+    """When the best plan at high is itself a baseline, the last slot goes to the next baseline, not to
+    the search's second best plan (on `news` seed 0 that was a near copy of the first)."""
+    codec, budget = problem.codec, problem.budget_bytes
+    baselines = [Ask(plan=p, fidelity=FINAL_FIDELITY, genome=codec.encode(p)) for p in baseline_asks(problem)]
+    assert len(baselines) >= 3
+    searched = next(g for g in (codec.uniform(f, r) for f, r in codec.options())
+                    if codec.predicted_peak_bytes(g) <= budget and g not in {b.genome for b in baselines})
+    objectives = {baselines[0].plan: -1.0, codec.decode(searched): -1.1, baselines[1].plan: -1.3,
+                  baselines[2].plan: -1.2}
+    archive = Archive()
+    for plan, value in objectives.items():
+        result = problem.evaluator.evaluate(plan, problem.codec.space.fidelities[HIGH_FIDELITY], 0)
+        archive.add(Evaluated(ask=Ask(plan=plan, fidelity=HIGH_FIDELITY, genome=codec.encode(plan)),
+                              result=result.model_copy(update={"objective": value}),
+                              predicted_peak_bytes=codec.memory.total(plan), stage="test"))
+    asks, why = FinalStage(archive, 2, budget, baselines).candidates()
+    assert [a.plan for a in asks] == [baselines[0].plan, baselines[2].plan]
+    assert "best baseline plan not among them" in why and "-1.2000 at high" in why
+    asks, _ = FinalStage(archive, 3, budget, baselines).candidates()
+    assert [a.plan for a in asks] == [baselines[0].plan, codec.decode(searched), baselines[2].plan]
+    asks, _ = FinalStage(archive, 2, budget, ()).candidates()  # the baseline strategies: the best k at high
+    assert [a.plan for a in asks] == [baselines[0].plan, codec.decode(searched)]
+    asks, why = FinalStage(Archive(), 2, budget, baselines).candidates()
+    assert asks == [] and "best 0 plan" in why
