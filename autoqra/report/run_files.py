@@ -80,8 +80,7 @@ def report_lines(outcome: RunOutcome, budget_bytes: int) -> list[str]:
         metric = (f"eval loss {r.metrics.eval_loss:.4f}" if r.metric_name == "eval_loss"
                   else f"accuracy {r.metrics.accuracy:.4f}")
         if finals:
-            lines.append(f"final selection: the best {finals} plan(s) at high retrained at final "
-                         "(objective at high -> at final):")
+            lines.append(f"final selection: {finals} plan(s) retrained at final (objective at high -> at final):")
             for e in outcome.archive.at(FINAL_FIDELITY):
                 high = _high_of(outcome, e)
                 final = f"{e.objective:.4f}" if e.ok else e.result.status.value

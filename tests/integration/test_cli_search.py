@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -31,7 +32,8 @@ def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
     assert "[nsga2] trial 1 low" in proc.stderr and "[trust-region]" in proc.stderr and "[final]" in proc.stderr
     assert "generation 0 is the warm start" in proc.stderr
     assert "chosen plan (by its final result): objective" in proc.stdout and "Pareto front" in proc.stdout
-    assert "final selection: the best 2 plan(s)" in proc.stdout
+    assert "final selection: 2 plan(s) retrained at final" in proc.stdout
+    assert "final: retraining the best 1 plan(s) at high and the best baseline plan not among them" in proc.stderr
 
     space = load_space(str(small_space))
     spec = model_spec(space.model)
@@ -53,7 +55,10 @@ def test_search_end_to_end_writes_the_run_directory(autoqra_run, small_space):
     highs = [t for t in trials if t.user_attrs["fidelity"] == "high" and t.values is not None]
     finals = [t for t in trials if t.user_attrs["fidelity"] == "final" and t.values is not None]
     ranked = sorted(highs, key=lambda t: (-t.values[0], t.values[1]))
-    assert {t.user_attrs["plan_hash"] for t in finals} == {t.user_attrs["plan_hash"] for t in ranked[:2]}
+    # the best plan at high, then the best warm-start baseline plan (sequential or uniform) not among it
+    baseline = re.search(r"the best baseline plan not among them \(([0-9a-f]{8}), ", proc.stderr).group(1)
+    assert [t.user_attrs["plan_hash"][:8] for t in finals] == [ranked[0].user_attrs["plan_hash"][:8], baseline]
+    assert any(t.user_attrs["plan_hash"].startswith(baseline) for t in trials if t.user_attrs["fidelity"] == "low")
     best = max(finals, key=lambda t: (t.values[0], -t.values[1]))
     assert best.user_attrs["plan_hash"] == plan.plan_hash  # chosen by its final result
     for t in trials:  # every trial was a real training run

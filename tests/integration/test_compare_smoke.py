@@ -51,7 +51,7 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
         own_final = next(t for t in own if t["fidelity"] == "final" and t["result"]["plan"] == cell["plan"])
         assert retrain["seed"] == 1 != own_final["result"]["seed"]
     report = (out / "runs" / "autoqra.news.qlora.s0" / "report.txt").read_text()
-    assert "final selection: the best" in report and "chosen plan (by its final result)" in report
+    assert "plan(s) retrained at final (objective at high -> at final)" in report and "chosen plan (by its final result)" in report
     text = (out / "results.md").read_text()
     for task in ("news", "codebook"):
         assert f"## {task} at qlora" in text
