@@ -329,7 +329,10 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
               "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
               **cell_settings(setup), "space": run_space_key(run_dir), "prior_model": prior_key(setup),
-              "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine(setup)}
+              "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine(setup),
+              # what the search's own final selection retrained (objective at high -> at final, its trial seed)
+              "final_selection": [{k: e[k] for k in ("plan_hash", "brief", "high_objective", "objective")}
+                                  for e in summary.get("final_selection", [])]}
     if not (run_dir / "plan.json").is_file():
         log(f"  {method} chose no plan on {grid.task} ({grid.budget}) seed {seed}")
         write_cell(path, {**common, "final": [], "plan": None})

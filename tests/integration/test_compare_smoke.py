@@ -50,6 +50,9 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
         own = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
         own_final = next(t for t in own if t["fidelity"] == "final" and t["result"]["plan"] == cell["plan"])
         assert retrain["seed"] == 1 != own_final["result"]["seed"]
+        # the cell keeps what the search's final selection retrained, the chosen plan among them
+        assert [e["plan_hash"] for e in cell["final_selection"]] == [e["plan_hash"] for e in summary["final_selection"]]
+        assert cell["chosen_plan_hash"] in {e["plan_hash"] for e in cell["final_selection"]}
     report = (out / "runs" / "autoqra.news.qlora.s0" / "report.txt").read_text()
     assert "plan(s) retrained at final (objective at high -> at final)" in report and "chosen plan (by its final result)" in report
     text = (out / "results.md").read_text()
