@@ -1,6 +1,6 @@
 """Where does the `extract` task's seed-to-seed spread at `final` come from?
 
-`docs/results.md` shows that on `extract` the QLoRA -> 16-bit LoRA gap is inside the references' seed
+`docs/results-memory-v1.md` shows that on `extract` the QLoRA -> 16-bit LoRA gap is inside the references' seed
 spread at `final`, so that grid does not separate plans. Two causes are possible, and they call for
 different fixes:
 

@@ -12,7 +12,7 @@ result, else its ``low`` one), so the search's chosen plan must beat that baseli
 the same seed, whatever the shorter ``high`` schedule said. This is SMAC's incumbent rule (a
 challenger replaces the default configuration only by beating it on the same seeds), applied once at
 the end. It costs no trial: the slot would otherwise go to the k-th plan at ``high``, on the default
-space most often a near copy of the first (docs/results.md, seed 0 of ``news``).
+space most often a near copy of the first (docs/results-memory-v1.md, seed 0 of ``news``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ format's information bits per weight (:func:`~autoqra.space.formats.information_
 the per-group scale/zero or absmax), not its nominal bits. With nominal bits NF4-DQ and HQQ-4 were
 the same error at different prices, so the bits-first fill never raised a layer from NF4-DQ (the
 cheaper) to HQQ-4 and the `sequential` plan left 8.6% of the `qlora` budget unspent on `news`. The
-references measured at `final` on `news` (docs/results.md, loss above 16-bit LoRA r16 at rank 16)
+references measured at `final` on `news` (docs/results-memory-v1.md, loss above 16-bit LoRA r16 at rank 16)
 put NF4-DQ's error at 1.85x HQQ-4's and HQQ-3's at 7x; information bits say 1.68x and 4x, nominal
 bits 1x and 4x. LoRA helps most where
 the task needs adaptation and where quantization hurt most (the coupling the AutoQRA paper argues

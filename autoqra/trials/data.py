@@ -15,7 +15,7 @@
   ``toto``), copying every other word. Each code word is its own fact, seen from hundreds of times
   (``the``) to a couple of times per `final` run (the rarest); windows of held-out articles; prompt
   masked; metric: held-out loss on the rewritten window. Measured at `final`: a trial seed moves every
-  plan alike (~0.07), so plans are compared at the same seeds (``docs/results.md``, paired column).
+  plan alike (~0.07), so plans are compared at the same seeds (``docs/results-memory-v1.md``, paired column).
 - a ``.jsonl`` path: records with ``text`` (language modelling) or Alpaca-style
   ``instruction``/``input``/``output`` (prompt masked); metric: held-out loss.
 """
