@@ -505,18 +505,43 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                       "the paired column, whose spread leaves out what a `final` seed does to every plan alike.", ""]
         lines += [TASK_NOTES[task], ""] if task in TASK_NOTES else []
         lines += reach_random(rows)
+        lines += final_selections(rows)
         lines += trade_offs(rows, {c["method"]: c for c in rows if c["kind"] == "reference"}, ceiling, floor)
     if any(c["kind"] == "method" for c in cells):
         best_so_far_plot(cells, plot)
         lines += [f"![best so far]({os.path.relpath(plot, doc.parent)})", "",
                   "Best objective at `high` within the budget against trial cost spent (high-trial units), per "
                   "method, first search seed of each grid; the final selection's `final` trials are spent at the "
-                  "end of each curve and do not change it (they are on another scale). Lines that coincide hide each "
-                  "other (on `news`, seed 0, optuna-tpe and optuna-nsga2 ran the same first plans).", ""]
+                  "end of each curve and do not change it (they are on another scale)." + coinciding(cells), ""]
     text = "\n".join(lines)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     return text
+
+
+def final_selections(rows: list[dict[str, Any]]) -> list[str]:
+    """Per search cell that kept it: what its final selection retrained (high -> final, at the search's own
+    `final` seed) and which plan it chose."""
+    out = []
+    for c in sorted((c for c in rows if c["kind"] == "method" and c.get("final_selection")),
+                    key=lambda c: (c["seed"], METHODS.index(c["method"]) if c["method"] in METHODS else 99)):
+        tried = "; ".join(f"{e['brief']} {e['high_objective']:.4f} -> {e['objective']:.4f}"
+                          + (" (chosen)" if e["plan_hash"] == c.get("chosen_plan_hash") else "")
+                          for e in c["final_selection"])
+        out.append(f"- {c['method']} seed {c['seed']}, final selection (high -> final at the search's own seed): {tried}")
+    return out + ([""] if out else [])
+
+
+def coinciding(cells: list[dict[str, Any]]) -> str:
+    """A sentence naming the methods whose plotted curves are the same (one hides the other), or ''."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for c in cells:
+        if c["kind"] == "method" and c["best_so_far"]:
+            key = (c["task"], c["budget"], c["seed"], tuple(map(tuple, c["best_so_far"])))
+            groups.setdefault(key, []).append(c["method"])
+    same = [f"on `{task}` at {budget}, seed {seed}: {' and '.join(sorted(methods))}"
+            for (task, budget, seed, _), methods in groups.items() if len(methods) > 1]
+    return f" Curves that coincide hide each other ({'; '.join(same)})." if same else ""
 
 
 def reach_random(rows: list[dict[str, Any]]) -> list[str]:
