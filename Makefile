@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The main job: the search on the embedded default model, task and space, preset quick, every trial
-# real (11.3 min of search on a 2-core CPU, 12 units of search and 2 final trials; see README). Another budget: make search BUDGET=16GB; more search: PRESET=standard
+# real (12 units of search and 2 final trials: 24.5 min on a 2-core AVX2-only CPU; see README). Another budget: make search BUDGET=16GB; more search: PRESET=standard
 search: $(STAMP)
 	$(PY) -m autoqra search --budget $(BUDGET) --preset $(PRESET)
 
