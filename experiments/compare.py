@@ -525,14 +525,15 @@ def final_selections(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for c in sorted((c for c in rows if c["kind"] == "method" and c.get("final_selection")),
                     key=lambda c: (c["seed"], METHODS.index(c["method"]) if c["method"] in METHODS else 99)):
-        def value(x: float | None) -> str:
-            return "-" if x is None else f"{x:.4f}"  # no high trial: a baseline picked by its low result
-
-        tried = "; ".join(f"{e['brief']} {value(e['high_objective'])} -> {value(e['objective'])}"
+        tried = "; ".join(f"{e['brief']} {_value(e['high_objective'])} -> {_value(e['objective'])}"
                           + (" (chosen)" if e["plan_hash"] == c.get("chosen_plan_hash") else "")
                           for e in c["final_selection"])
         out.append(f"- {c['method']} seed {c['seed']}, final selection (high -> final at the search's own seed): {tried}")
     return out + ([""] if out else [])
+
+
+def _value(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"  # no high trial: a baseline picked by its low result
 
 
 def coinciding(cells: list[dict[str, Any]]) -> str:

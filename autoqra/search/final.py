@@ -53,7 +53,8 @@ class FinalStage:
         best = self.best_at_high()
         asks = [Ask(plan=e.ask.plan, fidelity=FINAL_FIDELITY, genome=e.ask.genome) for e in best]
         head = asks[: self.k - 1]
-        others = [b for b in self.baselines if b.plan not in {a.plan for a in head}]
+        retrained = {a.plan for a in head}
+        others = [b for b in self.baselines if b.plan not in retrained]
         if not best or self.k < 2 or not others:
             return asks, f"the best {len(asks)} plan(s) at high"
         baseline, evidence = self.best_baseline(others)

@@ -71,6 +71,18 @@ def test_the_best_k_high_plans_are_retrained_and_the_best_final_result_is_chosen
     assert outcome.chosen is max(finals, key=lambda e: e.objective)
     # final reverses high: the chosen plan is the third best at high, which only its final trial shows
     assert outcome.chosen.ask.plan == highs[min(3, len(highs)) - 1].ask.plan
+    assert_costs(problem, outcome)
+
+
+def assert_costs(problem, outcome):
+    """The search stages never spend the final selection's reserve; `spent` is the sum of trial costs."""
+    archive = outcome.archive
+    searched = [e for e in archive.items if e.ask.fidelity != FINAL_FIDELITY]
+    costs = fidelity_costs(dict(problem.codec.space.fidelities) | {"final": FINAL})
+    assert costs["final"] == 2.0
+    assert sum(costs[e.ask.fidelity] for e in searched) <= 20.0 + 1e-9  # the search never spent the reserve
+    assert outcome.spent == pytest.approx(sum(costs[e.ask.fidelity] for e in archive.items))
+    assert outcome.spent <= 20.0 + 3 * 2.0 + 1e-9
 
 
 def baseline_asks(problem):
@@ -100,6 +112,7 @@ def test_autoqra_retrains_its_best_high_plans_and_its_best_baseline_and_chooses_
     assert [e.ask.plan for e in finals] == expected
     assert len(set(expected)) == 3
     assert outcome.chosen is max(finals, key=lambda e: e.objective)
+    assert_costs(problem, outcome)
 
 
 class BaselineWinsAtFinal:
