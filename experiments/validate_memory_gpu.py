@@ -16,8 +16,9 @@ recorded as failed, and the others still run.
 
 Run on a machine with a CUDA GPU:
     python experiments/validate_memory_gpu.py [--out docs/memory-validation.md] [--json rows.json]
-and, anywhere, the document again from a saved run:
-    python experiments/validate_memory_gpu.py --from-json experiments/results/memory-validation/h200.json
+and, anywhere, the document again from saved runs (one section per card):
+    python experiments/validate_memory_gpu.py --from-json experiments/results/memory-validation/h200.json \\
+        experiments/results/memory-validation/h100.json
 """
 
 from __future__ import annotations
@@ -115,14 +116,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="write --out from rows a GPU run saved with --json (no GPU needed)")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="write --out from the rows one or more GPU runs saved with --json, one section per "
+                             "card (no GPU needed)")
     args = parser.parse_args()
     if args.from_json is not None:
-        saved = json.loads(args.from_json.read_text())
-        write_report(args.out, saved["rows"], saved["context_bytes"], saved["device"], saved["torch"],
-                     saved["transformers"], saved["memory_model"], source=args.from_json)
-        print(f"wrote {args.out} from {args.from_json}")
+        runs = [(path, json.loads(path.read_text())) for path in args.from_json]
+        write_report(args.out, runs)
+        print(f"wrote {args.out} from {', '.join(str(path) for path in args.from_json)}")
         return 0
     if not torch.cuda.is_available():
         print("validate_memory_gpu: needs a CUDA GPU (none found)", file=sys.stderr)
@@ -193,7 +194,7 @@ def main() -> int:
 
     run = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
            "memory_model": MEMORY_MODEL_VERSION, "context_bytes": context}
-    write_report(args.out, rows, context, run["device"], run["torch"], run["transformers"], MEMORY_MODEL_VERSION)
+    write_report(args.out, [(None, {**run, "rows": rows})])
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     if args.json is not None:
         args.json.write_text(json.dumps({**run, "rows": rows}, indent=1))
@@ -201,22 +202,63 @@ def main() -> int:
     return 0
 
 
-def write_report(out: Path, rows: list[dict], context: int, device: str, torch_version: str,
-                 transformers_version: str, memory_model: int, source: Path | None = None) -> None:
-    made = (f"Produced by `python experiments/validate_memory_gpu.py --json {source}` on {device}, rewritten from "
-            f"that file by `--from-json {source}`" if source is not None
-            else f"Produced by `python experiments/validate_memory_gpu.py` on {device}")
+def write_report(out: Path, runs: list[tuple[Path | None, dict]]) -> None:
+    """The document: what was measured, then one table per run (a card); ``runs`` pairs each run's saved JSON
+    (None for the run in progress) with its content as ``--json`` writes it."""
+    first = runs[0][1]
+    sources = [path for path, _ in runs if path is not None]
+    if sources:
+        made = (f"Produced by `python experiments/validate_memory_gpu.py --json FILE` on each card below, rewritten "
+                f"from the saved files by `python experiments/validate_memory_gpu.py --from-json "
+                f"{' '.join(str(path) for path in sources)}`")
+    else:
+        made = f"Produced by `python experiments/validate_memory_gpu.py` on {first['device']}"
     lines = [
         "# Memory model vs measured peak on a GPU",
         "",
-        f"{made}; torch {torch_version}, transformers {transformers_version}, memory model version {memory_model} "
-        "(`autoqra/space/memory.py`); bf16 compute, PEFT LoRA (fp32 adapters), "
-        "the trial's training step (AdamW unless named, gradient clipping); random weights from configs. "
-        "**measured peak**: `torch.cuda.max_memory_allocated()` over training steps 2-3; **resident**: "
-        "`memory_allocated()` after step 1's optimizer step (weights, adapters, gradients, optimizer states), "
-        "against the model's static part; **reserved**: `max_memory_reserved()` (the caching allocator's "
-        f"hold; the CUDA context, {context / GiB:.2f} GiB here before any tensor, comes on top). Target: predicted / measured peak within ±5%.",
-        "",
+        f"{made}. Memory model version {first['memory_model']} (`autoqra/space/memory.py`); bf16 compute, PEFT "
+        "LoRA (fp32 adapters), the trial's training step (AdamW unless named, gradient clipping); random weights "
+        "from configs. **measured peak**: `torch.cuda.max_memory_allocated()` over training steps 2-3; "
+        "**resident**: `memory_allocated()` after step 1's optimizer step (weights, adapters, gradients, "
+        "optimizer states), against the model's static part; **reserved**: `max_memory_reserved()` (the caching "
+        "allocator's hold; the CUDA context comes on top). Target: predicted / measured peak within ±5%.",
+    ]
+    if len(runs) > 1:
+        lines += ["", _agreement(runs)]
+    for path, run in runs:
+        lines += ["", f"## {run['device']}", "",
+                  f"torch {run['torch']}, transformers {run['transformers']}, memory model version "
+                  f"{run['memory_model']}; the CUDA context held {run['context_bytes'] / GiB:.2f} GiB before any "
+                  f"tensor" + (f"; saved in `{path}`." if path is not None else "."), ""]
+        lines += _table(run["rows"])
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _agreement(runs: list[tuple[Path | None, dict]]) -> str:
+    """One sentence on how the cards' measurements compare row by row (the caching allocator is deterministic,
+    so equal software gives equal byte counts on different cards)."""
+    base_path, base = runs[0]
+    parts = []
+    for _path, run in runs[1:]:
+        keyed = {(r["model"], r["plan"], r["batch_size"], r["seq_len"], r["grad_checkpointing"], r["optimizer"]): r
+                 for r in base["rows"]}
+        same_peak = same_reserved = compared = 0
+        for r in run["rows"]:
+            other = keyed.get((r["model"], r["plan"], r["batch_size"], r["seq_len"], r["grad_checkpointing"],
+                               r["optimizer"]))
+            if other is None or "error" in r or "error" in other:
+                continue
+            compared += 1
+            same_peak += (r["measured_peak"] == other["measured_peak"]
+                          and r["measured_resident"] == other["measured_resident"])
+            same_reserved += r["measured_reserved"] == other["measured_reserved"]
+        parts.append(f"on the {run['device']}, {same_peak} of {compared} rows measured byte for byte the same peak "
+                     f"and resident bytes as on the {base['device']}, and {same_reserved} the same reserved bytes")
+    return "Across cards: " + "; ".join(parts) + "."
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = [
         "| model | plan | batch x seq | grad ckpt | optimizer | peak phase (predicted) | predicted GiB | measured peak GiB | predicted / measured "
         "| static / resident | reserved GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -235,7 +277,7 @@ def write_report(out: Path, rows: list[dict], context: int, device: str, torch_v
         within = sum(abs(x - 1) <= 0.05 for x in ok)
         lines += ["", f"{within} of {len(ok)} measured rows within ±5% (ratios {min(ok):.3f} to {max(ok):.3f}); "
                   f"{len(rows) - len(ok)} failed."]
-    out.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":
