@@ -13,8 +13,11 @@ with fixed trial seeds. Grids:
 
 Resumable: each cell (method, task, budget, seed) is a JSON file under ``--out`` written when it
 finishes, and each `final` retrain of a plan is a cell of its own (shared by the methods that chose
-that plan); a rerun skips finished cells, and a search whose run directory holds a finished run
-(``summary.json``) is read back instead of run again. ``--report`` writes ``docs/results.md`` and
+that plan); a rerun skips finished cells, a search whose run directory holds a finished run
+(``summary.json``) is read back instead of run again, and an interrupted search (killed at a
+session's end, say) resumes from its ledger: its finished trials are replayed, not retrained, and
+the wall time of the interrupted sessions, from each one's start to the last trial it recorded, is
+carried into the cell's ``search_wall_s`` (``carried_s``). ``--report`` writes ``docs/results.md`` and
 the best-so-far plot from the cells only. Every figure is a real training run on this machine.
 
 Pausing: ``pkill -TSTP -f compare.py`` stops the grid (to run something else on the same cores
@@ -112,6 +115,7 @@ class PauseClock:
 
     def __init__(self) -> None:
         self.paused_s = 0.0
+        self.on_resume: Any = None  # called after each pause, e.g. to record it in a SearchSessions file
 
     def install(self) -> None:
         signal.signal(signal.SIGTSTP, self._stop)
@@ -121,6 +125,48 @@ class PauseClock:
         os.kill(os.getpid(), signal.SIGSTOP)
         self.paused_s += time.perf_counter() - began
         log(f"  resumed after {time.perf_counter() - began:.0f} s paused")
+        if self.on_resume is not None:
+            self.on_resume()
+
+
+class SearchSessions:
+    """The processes (sessions) a search cell's search ran in, kept beside its run directory, so that a
+    search killed midway resumes with an honest wall time: an interrupted session counts from its
+    start to the last trial it recorded (the one it was killed in is retrained on resume, so its time
+    is not carried), less the time it was paused."""
+
+    def __init__(self, path: Path, trials_file: Path) -> None:
+        self.path = path
+        self.trials_file = trials_file
+
+    def _read(self) -> list[dict[str, float]]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else []
+
+    def _write(self, sessions: list[dict[str, float]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(sessions))
+
+    def carried_s(self) -> float:
+        """Close the sessions that ended without finishing (at the last trial they recorded) and return
+        the seconds they spent searching."""
+        sessions = self._read()
+        last_trial = self.trials_file.stat().st_mtime if self.trials_file.is_file() else 0.0
+        for entry in sessions:
+            if "ended" not in entry:
+                entry["ended"] = max(entry["started"], last_trial)
+        self._write(sessions)
+        return sum(max(0.0, e["ended"] - e["started"] - e["paused_s"]) for e in sessions)
+
+    def start(self) -> None:
+        self._write([*self._read(), {"started": time.time(), "paused_s": 0.0}])
+
+    def paused(self, seconds: float) -> None:
+        sessions = self._read()
+        sessions[-1]["paused_s"] = seconds
+        self._write(sessions)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 PAUSES = PauseClock()
@@ -314,20 +360,18 @@ def run_method(setup: Setup, finals: Finals, method: str, grid: Grid, seed: int)
     if (run_dir / "summary.json").is_file() and run_space_key(run_dir) != setup_space_key(setup):
         raise AutoQRAError(f"{run_dir} holds a finished search on another space: move it away or use another --out")
     if not (run_dir / "summary.json").is_file():
-        if run_dir.exists():
-            log(f"  {run_dir} holds an unfinished run: removed, the search starts again")
-            shutil.rmtree(run_dir)
-        paused_before = PAUSES.paused_s
-        search(setup, method, grid, seed, run_dir)
-        (run_dir / "paused_s.json").write_text(json.dumps(PAUSES.paused_s - paused_before))
+        run_until_finished(setup, method, grid, seed, run_dir)
     from autoqra.domain import Plan
 
     summary = json.loads((run_dir / "summary.json").read_text())
     paused_file = run_dir / "paused_s.json"
     paused = float(json.loads(paused_file.read_text())) if paused_file.is_file() else 0.0
+    carried_file = run_dir / "carried_s.json"
+    carried = float(json.loads(carried_file.read_text())) if carried_file.is_file() else 0.0
     common = {"kind": "method", "method": method, "task": grid.task, "budget": grid.budget,
               "budget_bytes": summary["budget_bytes"], "seed": seed, "search_cost": summary["cost_spent_high_units"],
-              "search_wall_s": summary["elapsed_s"] - paused, "paused_s": paused, "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
+              "search_wall_s": summary["elapsed_s"] - paused + carried, "paused_s": paused, "carried_s": carried,
+              "trials": summary["trials"], "best_so_far": best_so_far(run_dir),
               **cell_settings(setup), "space": run_space_key(run_dir), "prior_model": prior_key(setup),
               "trial_seeds": TRIAL_SEEDS, "commit": commit(), "machine": machine(setup),
               # what the search's own final selection retrained (objective at high -> at final, its trial seed)
@@ -369,14 +413,55 @@ def trial_dtype(setup: Setup) -> str:
     return execution_dtype(space_dtype(setup), setup.device)
 
 
-def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> None:
+def run_until_finished(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path) -> None:
+    """The cell's search, resumed from its ledger where an earlier process left it unfinished; writes the
+    seconds this process was paused (``paused_s.json``) and those the interrupted ones searched
+    (``carried_s.json``) into the run directory."""
+    sessions = SearchSessions(run_dir.parent / f"{run_dir.name}.sessions.json", run_dir / "trials.jsonl")
+    resume = False
+    if run_dir.exists():
+        if (run_dir / "settings.json").is_file() and (run_dir / "trials.db").is_file():
+            resume = True
+        else:  # killed before its settings were stored: nothing to resume
+            log(f"  {run_dir} holds a run that never started: removed, the search starts again")
+            shutil.rmtree(run_dir)
+            sessions.clear()
+    carried = sessions.carried_s() if resume else 0.0
+    if not resume:
+        sessions.clear()
+    paused_before = PAUSES.paused_s
+    sessions.start()
+    PAUSES.on_resume = lambda: sessions.paused(PAUSES.paused_s - paused_before)
+    try:
+        if resume:
+            log(f"  {run_dir} holds an unfinished run: resumed from its ledger ({carried:.0f} s searched before)")
+            try:
+                search(setup, method, grid, seed, run_dir, resume=True)
+            except AutoQRAError as exc:  # another run key (settings changed since): not resumable, said why
+                log(f"  cannot resume it ({exc}): removed, the search starts again")
+                shutil.rmtree(run_dir)
+                sessions.clear()
+                sessions.start()
+                paused_before, carried = PAUSES.paused_s, 0.0
+                search(setup, method, grid, seed, run_dir)
+        else:
+            search(setup, method, grid, seed, run_dir)
+    finally:
+        PAUSES.on_resume = None
+    (run_dir / "paused_s.json").write_text(json.dumps(PAUSES.paused_s - paused_before))
+    (run_dir / "carried_s.json").write_text(json.dumps(carried))
+    sessions.clear()
+
+
+def search(setup: Setup, method: str, grid: Grid, seed: int, run_dir: Path, resume: bool = False) -> None:
     from autoqra.service.requests import SearchRequest
     from autoqra.service.search import run_search
 
     budget = "qlora" if grid.budget == "qlora" else str(budget_bytes(setup, grid.budget))
     log(f"search {method} on {grid.task} at {grid.budget} ({budget}) seed {seed} -> {run_dir}")
     outcome = run_search(SearchRequest(budget=budget, space=setup.space, task=grid.task, strategy=method, seed=seed,
-                                       max_trials=setup.max_trials, device=setup.device, out=run_dir))
+                                       max_trials=setup.max_trials, device=setup.device, out=run_dir,
+                                       resume=resume))
     (run_dir / "report.txt").write_text("\n".join(outcome.report_lines()) + "\n")  # what `autoqra search` prints
 
 

@@ -71,18 +71,33 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
     assert image.shape[0] > 200 and image.shape[1] > 400 and float(image.std()) > 0.02  # decodes, not blank
 
     # a rerun: finished cells are skipped; a cell lost after its search finished is rebuilt from the run
-    # directory (no search, no retrain); a run directory left unfinished is searched again
+    # directory (no search, no retrain); a search left unfinished (its process killed: no summary, an
+    # open session 100 s long) resumes from its ledger, replaying its trials, and carries those 100 s
     lost = out / "cells" / "sequential.news.qlora.s0.json"
     lost_cell = json.loads(lost.read_text())
     lost.unlink()
     unfinished = out / "runs" / "autoqra.codebook.qlora.s0"
     (unfinished / "summary.json").unlink()
-    (out / "cells" / "autoqra.codebook.qlora.s0.json").unlink()
+    interrupted_cell = out / "cells" / "autoqra.codebook.qlora.s0.json"
+    before = json.loads(interrupted_cell.read_text())
+    interrupted_cell.unlink()
+    last_trial = (unfinished / "trials.jsonl").stat().st_mtime
+    (out / "runs" / "autoqra.codebook.qlora.s0.sessions.json").write_text(
+        json.dumps([{"started": last_trial - 100.0, "paused_s": 0.0}]))
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     again = compare(out, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "search sequential" not in again.stderr and "search autoqra on news" not in again.stderr
-    assert "search autoqra on codebook" in again.stderr and "holds an unfinished run" in again.stderr
+    assert "search autoqra on codebook" in again.stderr
+    assert "holds an unfinished run: resumed from its ledger (100 s searched before)" in again.stderr
+    progress = [line for line in again.stderr.splitlines() if re.match(r"\[[\w-]+\] trial \d+ ", line)]
+    assert len(progress) == sum(before["trials"].values())  # every trial of the run, none trained again
+    assert all("from the ledger (ran before the resume)" in line for line in progress)
+    resumed = json.loads(interrupted_cell.read_text())
+    assert resumed["chosen_plan_hash"] == before["chosen_plan_hash"] and resumed["trials"] == before["trials"]
+    assert resumed["search_cost"] == before["search_cost"] and resumed["final"] == before["final"]
+    assert abs(resumed["carried_s"] - 100.0) < 1.0 and resumed["search_wall_s"] >= resumed["carried_s"]
+    assert not (out / "runs" / "autoqra.codebook.qlora.s0.sessions.json").exists()
     assert json.loads(lost.read_text())["final"] == lost_cell["final"]
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p in mtimes} == mtimes
     # another trial budget on the same cells is refused in one line, before anything runs

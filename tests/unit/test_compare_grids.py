@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 
 def _compare():  # type: ignore[no-untyped-def]
@@ -26,3 +31,23 @@ def test_tasks_and_seeds_select_grid_cells():
     # seeds 1 and 2 exist on the main grid only: the secondary grids drop out rather than run seed 0
     assert [(g.task, g.budget, g.seeds) for g in c.select_grids(every, None, [2, 1])] == [("news", "qlora", (1, 2))]
     assert c.select_grids(every, ["codebook"], [1]) == ()
+
+
+def test_search_sessions_carry_each_interrupted_session_to_its_last_trial_less_its_pauses(tmp_path: Path) -> None:
+    c = _compare()
+    trials = tmp_path / "run" / "trials.jsonl"
+    sessions = c.SearchSessions(tmp_path / "run.sessions.json", trials)
+    assert sessions.carried_s() == 0.0  # nothing ran yet
+    sessions.start()
+    sessions.paused(30.0)
+    first = time.time() - 300.0  # that session began 5 minutes ago
+    sessions.path.write_text(json.dumps([{**json.loads(sessions.path.read_text())[0], "started": first}]))
+    trials.parent.mkdir()
+    trials.write_text("{}\n")
+    os.utime(trials, (first + 200.0, first + 200.0))  # its last trial landed 200 s in, then it was killed
+    assert sessions.carried_s() == pytest.approx(170.0)  # 200 s less 30 s paused
+    sessions.start()  # a second session, killed before it recorded a trial: carries nothing
+    assert sessions.carried_s() == pytest.approx(170.0)
+    assert all("ended" in e for e in json.loads(sessions.path.read_text()))
+    sessions.clear()
+    assert not sessions.path.exists() and sessions.carried_s() == 0.0
