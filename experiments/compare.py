@@ -418,17 +418,13 @@ def run_until_finished(setup: Setup, method: str, grid: Grid, seed: int, run_dir
     seconds this process was paused (``paused_s.json``) and those the interrupted ones searched
     (``carried_s.json``) into the run directory."""
     sessions = SearchSessions(run_dir.parent / f"{run_dir.name}.sessions.json", run_dir / "trials.jsonl")
-    resume = False
-    if run_dir.exists():
-        if (run_dir / "settings.json").is_file() and (run_dir / "trials.db").is_file():
-            resume = True
-        else:  # killed before its settings were stored: nothing to resume
-            log(f"  {run_dir} holds a run that never started: removed, the search starts again")
-            shutil.rmtree(run_dir)
-            sessions.clear()
-    carried = sessions.carried_s() if resume else 0.0
+    if run_dir.exists() and not ((run_dir / "settings.json").is_file() and (run_dir / "trials.db").is_file()):
+        log(f"  {run_dir} holds a run that never started: removed, the search starts again")  # nothing to resume
+        shutil.rmtree(run_dir)
+    resume = run_dir.exists()
     if not resume:
         sessions.clear()
+    carried = sessions.carried_s()  # 0 for a fresh search
     paused_before = PAUSES.paused_s
     sessions.start()
     PAUSES.on_resume = lambda: sessions.paused(PAUSES.paused_s - paused_before)
