@@ -585,6 +585,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                       f"of the references ({max(spread):.2g}), so its gap-closed column is noise; compare plans by "
                       "the paired column, whose spread leaves out what a `final` seed does to every plan alike.", ""]
         lines += [TASK_NOTES[task], ""] if task in TASK_NOTES else []
+        lines += head_to_head(rows)
         lines += reach_random(rows)
         lines += final_selections(rows)
         lines += trade_offs(rows, {c["method"]: c for c in rows if c["kind"] == "reference"}, ceiling, floor)
@@ -598,6 +599,44 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     return text
+
+
+def head_to_head(rows: list[dict[str, Any]], method: str = "autoqra") -> list[str]:
+    """Per other search method and search seed: ``method``'s chosen plan against the other's, paired at each
+    `final` seed. The margin is twice the seed std (the larger of the two plans' std over their `final` seeds),
+    the test the issue sets against `sequential`; a tally per method ends each line."""
+    mine = {c["seed"]: c for c in rows if c["method"] == method and c["plan"] is not None}
+    out = []
+    for other in [m for m in METHODS if m != method]:
+        parts, tally = [], {"beats": 0, "ahead": 0, "same plan": 0, "behind": 0, "loses": 0}
+        for seed, theirs in sorted((c["seed"], c) for c in rows if c["method"] == other and c["plan"] is not None):
+            if seed not in mine:
+                continue
+            pairs = [(a, b) for a, b in zip(mine[seed]["final"], theirs["final"], strict=True)
+                     if a is not None and b is not None]
+            if not pairs:
+                continue
+            diff = statistics.fmean(a - b for a, b in pairs)
+            spreads = ([v for v in c["final"] if v is not None] for c in (mine[seed], theirs))
+            sigma = max((statistics.stdev(v) for v in spreads if len(v) > 1), default=0.0)
+            if mine[seed].get("chosen_plan_hash") == theirs.get("chosen_plan_hash"):
+                verdict = "same plan"
+            elif diff > 2 * sigma and sigma > 0:
+                verdict = "beats"
+            elif diff < -2 * sigma and sigma > 0:
+                verdict = "loses"
+            else:
+                verdict = "ahead" if diff > 0 else "behind"
+            tally[verdict] += 1
+            each = " / ".join(f"{a - b:+.4f}" for a, b in pairs)
+            parts.append(f"seed {seed}: {diff:+.4f} ({each}; 2σ = {2 * sigma:.4f}) {verdict}")
+        if parts:
+            n = sum(tally.values())
+            summary = ", ".join(f"{k} {v}" for k, v in tally.items() if v)
+            out.append(f"- {method} vs {other}, paired at each `final` seed: {'; '.join(parts)} "
+                       f"-> {summary} of {n} search seed{'s' if n > 1 else ''}")
+    return ([f"{method}'s chosen plan against each other search's (\"beats\"/\"loses\": by more than twice the "
+             "seed std; \"ahead\"/\"behind\": within it):", "", *out, ""] if out else [])
 
 
 def final_selections(rows: list[dict[str, Any]]) -> list[str]:

@@ -51,3 +51,28 @@ def test_search_sessions_carry_each_interrupted_session_to_its_last_trial_less_i
     assert all("ended" in e for e in json.loads(sessions.path.read_text()))
     sessions.clear()
     assert not sessions.path.exists() and sessions.carried_s() == 0.0
+
+
+def test_head_to_head_pairs_final_seeds_and_calls_a_win_only_beyond_twice_the_seed_std():
+    c = _compare()
+
+    def cell(method: str, seed: int, final: list[float | None], plan: str) -> dict:
+        return {"method": method, "seed": seed, "final": final, "plan": {}, "chosen_plan_hash": plan}
+
+    rows = [cell("autoqra", 0, [-3.30, -3.40], "a0"), cell("autoqra", 1, [-3.30, -3.31], "a1"),
+            cell("sequential", 0, [-3.32, -3.41], "s0"),   # +0.015 paired, but the seeds move 0.1: ahead, not beats
+            cell("sequential", 1, [-3.40, -3.41], "s1"),   # +0.10 against a 2σ of 0.014: beats
+            cell("random", 0, [-3.20, None], "r0"),        # one seed missing: paired on the other alone, loses
+            cell("optuna-tpe", 0, [-3.30, -3.40], "a0"),   # the same plan: said so, not counted as a win
+            cell("optuna-nsga2", 2, [-3.0, -3.0], "n2")]   # no autoqra cell at seed 2: left out
+    lines = c.head_to_head(rows)
+    text = "\n".join(lines)
+    seq = next(line for line in lines if "vs sequential" in line)
+    assert "seed 0: +0.0150 (+0.0200 / +0.0100; 2σ = 0.1414) ahead" in seq
+    assert "seed 1: +0.1000 (+0.1000 / +0.1000; 2σ = 0.0141) beats" in seq
+    assert seq.endswith("beats 1, ahead 1 of 2 search seeds")
+    rnd = next(line for line in lines if "vs random" in line)
+    assert "seed 0: -0.1000 (-0.1000; 2σ = 0.1414) behind" in rnd  # autoqra's own spread sets the margin
+    assert "vs optuna-tpe" in text and "same plan 1 of 1" in text
+    assert "nsga2" not in text
+    assert c.head_to_head([cell("sequential", 0, [-3.3, -3.3], "s0")]) == []  # nothing to compare against
