@@ -609,7 +609,8 @@ def head_to_head(rows: list[dict[str, Any]], method: str = "autoqra") -> list[st
     out = []
     for other in [m for m in METHODS if m != method]:
         parts, tally = [], {"beats": 0, "ahead": 0, "same plan": 0, "behind": 0, "loses": 0}
-        for seed, theirs in sorted((c["seed"], c) for c in rows if c["method"] == other and c["plan"] is not None):
+        for theirs in sorted((c for c in rows if c["method"] == other and c["plan"] is not None), key=lambda c: c["seed"]):
+            seed = theirs["seed"]
             if seed not in mine:
                 continue
             pairs = [(a, b) for a, b in zip(mine[seed]["final"], theirs["final"], strict=True)
