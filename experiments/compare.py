@@ -553,7 +553,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
         methods = [m for m in (*REFERENCES, *METHODS) if any(c["method"] == m for c in rows)]
         for method in methods:
             mine = [c for c in rows if c["method"] == method and c["plan"] is not None]
-            values = [v for c in mine for v in c["final"] if v is not None]
+            values = [v for c in mine for v in finals(c)]
             missing = [c["seed"] for c in rows if c["method"] == method and c["plan"] is None]
             if missing:
                 lines.append(f"| {method} | no plan chosen (seeds {', '.join(map(str, missing))}) |" + " |" * 10)
@@ -578,8 +578,7 @@ def report(setup: Setup, doc: Path, plot: Path, command: str) -> str:
                          f"{100 * frac:.1f}%{over} | {f'{cost:.1f}' if searched else '-'} | "
                          f"{f'{wall / 60:.1f} min' if searched else '-'} | {seeds} |")
         lines.append("")
-        spread = [statistics.stdev(v) for v in ([x for x in c["final"] if x is not None] for c in refs.values())
-                  if len(v) > 1]
+        spread = [statistics.stdev(v) for v in (finals(c) for c in refs.values()) if len(v) > 1]
         if ceiling is not None and floor is not None and spread and abs(ceiling - floor) < 2 * max(spread):
             lines += [f"The QLoRA -> 16-bit LoRA gap here ({abs(ceiling - floor):.2g}) is within twice the seed spread "
                       f"of the references ({max(spread):.2g}), so its gap-closed column is noise; compare plans by "
@@ -613,12 +612,11 @@ def head_to_head(rows: list[dict[str, Any]], method: str = "autoqra") -> list[st
             seed = theirs["seed"]
             if seed not in mine:
                 continue
-            pairs = [(a, b) for a, b in zip(mine[seed]["final"], theirs["final"], strict=True)
-                     if a is not None and b is not None]
-            if not pairs:
+            diffs = paired_diffs(mine[seed], theirs)
+            if not diffs:
                 continue
-            diff = statistics.fmean(a - b for a, b in pairs)
-            spreads = ([v for v in c["final"] if v is not None] for c in (mine[seed], theirs))
+            diff = statistics.fmean(diffs)
+            spreads = (finals(c) for c in (mine[seed], theirs))
             sigma = max((statistics.stdev(v) for v in spreads if len(v) > 1), default=0.0)
             if mine[seed].get("chosen_plan_hash") == theirs.get("chosen_plan_hash"):
                 verdict = "same plan"
@@ -629,7 +627,7 @@ def head_to_head(rows: list[dict[str, Any]], method: str = "autoqra") -> list[st
             else:
                 verdict = "ahead" if diff > 0 else "behind"
             tally[verdict] += 1
-            each = " / ".join(f"{a - b:+.4f}" for a, b in pairs)
+            each = " / ".join(f"{d:+.4f}" for d in diffs)
             parts.append(f"seed {seed}: {diff:+.4f} ({each}; 2σ = {2 * sigma:.4f}) {verdict}")
         if parts:
             n = sum(tally.values())
@@ -718,7 +716,7 @@ def trade_offs(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]], ceil
     fitting: dict[str, list[float]] = {}
     for c in rows:
         if c["plan"] is not None and c["predicted_peak_bytes"] <= c["budget_bytes"]:
-            fitting.setdefault(c["method"], []).extend(x for x in c["final"] if x is not None)
+            fitting.setdefault(c["method"], []).extend(finals(c))
     within = [(statistics.fmean(v), m) for m, v in fitting.items() if v]  # per method, as the table's means
     lines = ["What a MiB of peak memory buys at `final`, from uniform references that differ in one thing:", "", *out]
     paying = [(what, rate) for what, rate in rates if math.isfinite(rate) and rate > 1e-4]
@@ -741,8 +739,7 @@ def paired(mine: list[dict[str, Any]], qlora: dict[str, Any] | None, digits: int
         return "-"
     if any(c["method"] == qlora["method"] for c in mine):
         return "(reference)"
-    diffs = [v - q for c in mine for v, q in zip(c["final"], qlora["final"], strict=True)
-             if v is not None and q is not None]
+    diffs = [d for c in mine for d in paired_diffs(c, qlora)]
     if not diffs:
         return "-"
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
@@ -752,8 +749,18 @@ def paired(mine: list[dict[str, Any]], qlora: dict[str, Any] | None, digits: int
 def _mean(cell: dict[str, Any] | None) -> float | None:
     if cell is None:
         return None
-    values = [v for v in cell["final"] if v is not None]
+    values = finals(cell)
     return sum(values) / len(values) if values else None
+
+
+def finals(cell: dict[str, Any]) -> list[float]:
+    """The cell's `final` results that exist (a failed retrain is None)."""
+    return [v for v in cell["final"] if v is not None]
+
+
+def paired_diffs(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """a - b at each `final` seed where both have a result (every plan is retrained at the same seeds)."""
+    return [x - y for x, y in zip(a["final"], b["final"], strict=True) if x is not None and y is not None]
 
 
 def best_so_far_plot(cells: list[dict[str, Any]], path: Path) -> None:
