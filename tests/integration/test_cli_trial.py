@@ -29,7 +29,7 @@ def test_micro_trial_json_and_human_output(env, tmp_path):
     assert json.loads(out.read_text()) == result
     assert "fidelity micro" in proc.stderr and "seed" in proc.stderr  # settings are printed
 
-    human = run(env, "--bits", "8", "--rank", "8", "--task", "arith")
+    human = run(env, "--bits", "8", "--rank", "8", "--task", "arith", "--fidelity", "micro")
     assert human.returncode == 0, human.stderr[-2000:]
     assert "objective" in human.stdout and "accuracy" in human.stdout and "predicted peak" in human.stdout
 
