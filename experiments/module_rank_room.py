@@ -16,9 +16,7 @@ is QLoRA's own peak under the same setup, so it shrinks with them.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ((4, 4), (8, 8), (16, 0), (16, 4), (16, 8), (0, 16), (16, 16))
 
 
@@ -44,26 +42,24 @@ def main() -> None:
     budget = resolve(parse_budget(args.budget), memory).bytes
     hqq8 = QuantFormat(name="hqq", bits=8, group_size=64)
     hqq4 = QuantFormat(name="hqq", bits=4, group_size=64)
-    blocks = spec.groups("block")
-    block_of = {module: i for i, (_, modules) in enumerate(blocks) for module in modules}
+    blocks = spec.num_blocks
 
     def plan(r_attn: int, r_mlp: int, n_low: int) -> Plan:
-        groups = []
-        for name, modules in spec.groups("module"):
-            fmt = hqq4 if block_of[modules[0]] < n_low else hqq8
-            rank = r_attn if ".self_attn." in name else r_mlp
-            groups.append(PlanGroup(name=name, modules=modules, format=fmt, rank=rank))
-        return Plan(model=spec.name, granularity="module", groups=tuple(groups))
+        """One group per linear (as ``spec.groups("module")``): blocks below ``n_low`` at HQQ-4."""
+        groups = tuple(PlanGroup(name=lin.name, modules=(lin.name,), format=hqq4 if lin.block < n_low else hqq8,
+                                 rank=r_attn if lin.role.startswith("attn") else r_mlp) for lin in spec.linears)
+        return Plan(model=spec.name, granularity="module", groups=groups)
 
     print(f"{spec.name}, space {args.space}, optimizer {setup.optimizer}, budget {args.budget} = "
-          f"{format_bytes(budget)}; {len(blocks)} blocks, HQQ-8 g64 everywhere, then blocks moved to HQQ-4 g64 "
+          f"{format_bytes(budget)}; {blocks} blocks, HQQ-8 g64 everywhere, then blocks moved to HQQ-4 g64 "
           f"until it fits")
     print(f"{'r_attn':>6} {'r_mlp':>5} {'all HQQ-8':>11} {'of budget':>9} {'blocks at HQQ-4':>16} {'peak then':>10}")
     for r_attn, r_mlp in PAIRS:
         full = memory.total(plan(r_attn, r_mlp, 0))
-        n_low = next((k for k in range(len(blocks) + 1) if memory.total(plan(r_attn, r_mlp, k)) <= budget), None)
-        moved = "never" if n_low is None else str(n_low)
-        peak = "-" if n_low is None else format_bytes(memory.total(plan(r_attn, r_mlp, n_low)))
+        totals = (memory.total(plan(r_attn, r_mlp, k)) for k in range(blocks + 1))
+        fit = next(((k, total) for k, total in enumerate(totals) if total <= budget), None)
+        moved = "never" if fit is None else str(fit[0])
+        peak = "-" if fit is None else format_bytes(fit[1])
         print(f"{r_attn:>6} {r_mlp:>5} {format_bytes(full):>11} {full / budget:>9.1%} {moved:>16} {peak:>10}")
 
 
