@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +26,11 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return errors[0]
+
+
+def in_parallel(fn: Callable[[T], R], items: Iterable[T], at_once: int = 3) -> list[R]:
+    """``fn(item)`` for each item, ``at_once`` at a time, results in order. For independent CLI processes
+    that refuse or only read: each spends its seconds importing torch on one core, so a few at once
+    share the cores. Not for processes that train (each would take every core: see test_cli_pool)."""
+    with ThreadPoolExecutor(at_once) as pool:
+        return list(pool.map(fn, items))

@@ -51,9 +51,10 @@ def small_space(tmp_path_factory):
 
     data = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
     data["name"] = "default-test"
-    data["fidelities"]["low"] = {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
-    data["fidelities"]["high"] = {"steps": 4, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
-    data["fidelities"]["final"] = {"steps": 6, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    # costs relative to high (steps x batch x seq) are those of the tests' budgets: low 0.5, final 1.5
+    data["fidelities"]["low"] = {"steps": 1, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    data["fidelities"]["high"] = {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
+    data["fidelities"]["final"] = {"steps": 3, "batch_size": 2, "seq_len": 32, "eval_examples": 4}
     path = tmp_path_factory.mktemp("space") / "space.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

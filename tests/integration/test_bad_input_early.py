@@ -17,12 +17,11 @@ def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    (tmp_path / "a-file").write_text("not a folder\n")
-    (tmp_path / "empty.jsonl").write_text("\n")
-    (tmp_path / "garbage-priors.json").write_text("{not json")
-    return tmp_path
+def make_workdir(path: Path) -> Path:
+    (path / "a-file").write_text("not a folder\n")
+    (path / "empty.jsonl").write_text("\n")
+    (path / "garbage-priors.json").write_text("{not json")
+    return path
 
 
 CASES = {
@@ -59,18 +58,36 @@ if not _cuda_available():  # on a machine with a GPU, --device cuda is valid inp
         ["search", "--budget", "qlora", "--device", "cuda", "--out", "run"], "no CUDA device")
 
 
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """Every case run once, each in a folder of its own, a few at a time: case -> (process, the folder's
+    files before, and after)."""
+    from tests.cli_kit import in_parallel
+
+    cases = sorted(CASES)
+    workdirs = {case: make_workdir(tmp_path_factory.mktemp("case")) for case in cases}  # made here, not in threads
+
+    def refuse(case: str):
+        args, _ = CASES[case]
+        workdir = workdirs[case]
+        cache = workdir / "cache"  # must stay absent: no model conversion, no priors, no quantized layers
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "AUTOQRA_CACHE": str(cache)}
+        before = tree(workdir)
+        proc = subprocess.run([sys.executable, "-m", "autoqra", *args], capture_output=True, text=True, cwd=workdir,
+                              env=env, timeout=120)
+        return proc, before, tree(workdir)
+
+    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_refused_first_in_one_line(workdir, case):
-    args, needle = CASES[case]
-    cache = workdir / "cache"  # must stay absent: no model conversion, no priors, no quantized layers
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AUTOQRA_CACHE": str(cache)}
-    before = tree(workdir)
-    proc = subprocess.run([sys.executable, "-m", "autoqra", *args], capture_output=True, text=True, cwd=workdir,
-                          env=env, timeout=120)
+def test_refused_first_in_one_line(refusals, case):
+    _, needle = CASES[case]
+    proc, before, after = refusals[case]
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("autoqra: error: ") and needle in lines[0], lines
     assert proc.stdout == ""
     # nothing created or written, the cache included: refused before any model load, measurement or
     # training (a timed assertion here failed on a busy machine; the empty cache is the real proof)
-    assert tree(workdir) == before
+    assert after == before

@@ -53,10 +53,14 @@ def test_human_output_and_budgets(tmp_path):
     proc = run("estimate", "--budget", "qlora", check=True)
     assert "smollm2-135m" in proc.stdout and "134,515,008 total" in proc.stdout
     assert "total peak" in proc.stdout and "qlora = peak of uniform NF4-DQ QLoRA r=16" in proc.stdout
-    for budget in ("4bits", "80%", "16GB"):
-        out = json.loads(run("estimate", "--budget", budget, "--json", check=True).stdout)
+    from tests.cli_kit import in_parallel
+
+    budgets = ("4bits", "80%", "16GB")
+    outputs = in_parallel(lambda budget: run("estimate", "--budget", budget, "--json", check=True), budgets)
+    for budget, proc in zip(budgets, outputs, strict=True):
+        out = json.loads(proc.stdout)
         assert out["budget"]["bytes"] > 0 and out["budget"]["text"] == budget
-    fits = json.loads(run("estimate", "--budget", "16GB", "--json", check=True).stdout)
+    fits = json.loads(outputs[-1].stdout)
     assert fits["budget"]["fits"] is True and fits["budget"]["bytes"] == 16 * 2**30
 
 
@@ -71,7 +75,7 @@ def test_save_plan_and_estimate_it_again(tmp_path):
     assert b["memory"]["activations"] < plain["memory"]["activations"]
 
 
-@pytest.mark.parametrize("args, needle", [
+BAD_INPUT = [
     (("--budget", "16XB"), "budget"),
     (("--budget", "-3GB"), "budget"),
     (("--budget", "0%"), "budget"),
@@ -84,9 +88,21 @@ def test_save_plan_and_estimate_it_again(tmp_path):
     (("--plan", "/nonexistent/plan.json"), "cannot read plan"),
     (("--format", "fp32"), "compute dtype"),
     (("--bogus",), "unrecognized"),
-])
-def test_bad_input_is_one_line_and_exit_2(args, needle):
-    proc = run("estimate", *args)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_refusals():
+    """Each bad-input case run once, a few at a time (independent processes that only refuse)."""
+    from tests.cli_kit import in_parallel
+
+    return dict(zip([a for a, _ in BAD_INPUT], in_parallel(lambda case: run("estimate", *case[0]), BAD_INPUT),
+                    strict=True))
+
+
+@pytest.mark.parametrize("args, needle", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(bad_input_refusals, args, needle):
+    proc = bad_input_refusals[args]
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -101,7 +117,9 @@ def test_bad_plan_and_space_files(tmp_path):
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"version": 1, "model": "x", "granularity": "block", "groups": [
         {"name": "g", "modules": ["model.layers.0.mlp.up_proj"], "format": {"name": "hqq", "bits": 4}, "rank": 4}]}))
-    for args in (("--plan", str(plan)), ("--space", str(space)), ("--plan", str(foreign))):
-        proc = run("estimate", *args)
+    from tests.cli_kit import in_parallel
+
+    cases = (("--plan", str(plan)), ("--space", str(space)), ("--plan", str(foreign)))
+    for proc in in_parallel(lambda args: run("estimate", *args), cases):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

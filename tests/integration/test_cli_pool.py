@@ -119,7 +119,10 @@ def test_resume_with_other_settings_is_refused_in_one_line(env, autoqra_run):
 def test_two_searches_write_one_postgresql_study_without_loss(env, small_space, postgres_url, tmp_path):
     study = f"two-{uuid.uuid4().hex[:8]}"
     runs = [tmp_path / "a", tmp_path / "b"]
-    procs = [_start(env, run, *SHORT, "--space", str(small_space), "--storage", postgres_url, "--study", study,
+    # two searches at once on a 2-core machine: one torch thread each, or OpenMP oversubscription makes
+    # every trial 3-10x slower (nothing asserted here depends on the thread count)
+    one_thread = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [_start(one_thread, run, *SHORT, "--space", str(small_space), "--storage", postgres_url, "--study", study,
                     "--seed", str(seed)) for seed, run in enumerate(runs)]
     outputs = [p.communicate(timeout=900) for p in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
@@ -180,7 +183,7 @@ def test_autoqra_submit_streams_the_job_and_exits_with_its_status(env, small_spa
     assert failing.returncode == 1 and "FAILED" in failing.stdout  # the job's own failure, as the exit status
 
 
-@pytest.mark.parametrize(("args", "needle"), [
+BAD_POOL_INPUT = [
     (("--workers", "0", "--executor", "local"), "--workers 0: at least one worker"),
     (("--workers", "2"), "needs --executor local or ray"),
     (("--executor", "local", "--workers", "2", "--trials-per-gpu", "2", "--device", "cpu"), "applies to CUDA"),
@@ -188,13 +191,30 @@ def test_autoqra_submit_streams_the_job_and_exits_with_its_status(env, small_spa
     (("--storage", "postgresql://nobody@127.0.0.1:1/none"), "cannot reach the database postgresql+psycopg://nobody@"),
     (("--executor", "ray", "--ray-address", "127.0.0.1:1"), "cannot reach the Ray cluster at 127.0.0.1:1"),
     (("--resume", "/nonexistent/run"), "no run there"),
-])
-def test_bad_pool_and_store_input_is_one_line(env, small_space, tmp_path, args, needle):
-    budget = () if "--resume" in args else ("--budget", "qlora")
-    line = one_error_line(run_cli(env, "search", *budget, "--space", small_space, "--out", tmp_path / "r", *args,
-                                  timeout=120))
-    assert needle in line
-    assert not (tmp_path / "r" / "trials.db").exists()
+]
+
+
+@pytest.fixture(scope="module")
+def bad_pool_refusals(env, small_space, tmp_path_factory):
+    """Each case run once, in a folder of its own, a few at a time: args -> (process, folder)."""
+    from tests.cli_kit import in_parallel
+
+    cases = [args for args, _ in BAD_POOL_INPUT]
+    folders = {args: tmp_path_factory.mktemp("bad-pool") for args in cases}  # made here, not in threads
+
+    def refuse(args):
+        budget = () if "--resume" in args else ("--budget", "qlora")
+        return (run_cli(env, "search", *budget, "--space", small_space, "--out", folders[args] / "r", *args,
+                        timeout=120), folders[args])
+
+    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_POOL_INPUT)
+def test_bad_pool_and_store_input_is_one_line(bad_pool_refusals, args, needle):
+    proc, folder = bad_pool_refusals[args]
+    assert needle in one_error_line(proc)
+    assert not (folder / "r" / "trials.db").exists()
 
 
 def test_a_study_of_another_kind_or_space_is_refused(env, small_space, autoqra_run, tmp_path):

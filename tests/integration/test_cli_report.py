@@ -110,20 +110,29 @@ def test_report_of_a_run_without_its_summary_says_so(env, autoqra_run, tmp_path)
 def test_report_bad_input_is_one_line(env, autoqra_run, tmp_path):
     from autoqra.store.ledger import Ledger, sqlite_url
 
+    from tests.cli_kit import in_parallel
+
     _, out = autoqra_run
-    assert "is not an autoqra run directory: it has no trials.db" in one_error_line(run_cli(env, "report", tmp_path))
-    assert "is not a directory" in one_error_line(run_cli(env, "report", tmp_path / "nope"))
-    assert "no trial store at" in one_error_line(run_cli(env, "report", f"sqlite:///{tmp_path / 'none.db'}"))
-    assert not (tmp_path / "none.db").exists()  # reading never creates a store
-    assert "holds no study named 'other'" in one_error_line(run_cli(env, "report", out, "--study", "other"))
-    empty = tmp_path / "empty"
+    bare = tmp_path / "bare"  # a folder that is not a run
+    bare.mkdir()
+    empty = tmp_path / "empty"  # a run with settings but no trial
     empty.mkdir()
     ledger = Ledger(sqlite_url(empty), None, ("hqq4-g64",), (4,))
     ledger.set_run_info("settings", json.loads((out / "settings.json").read_text()))
-    assert "has no recorded trial yet" in one_error_line(run_cli(env, "report", empty))
     (tmp_path / "folder.csv").mkdir()
-    line = one_error_line(run_cli(env, "report", out, "--csv", tmp_path / "folder.csv"))
-    assert "--csv file" in line and "is a directory" in line
+    cases = [  # (arguments, what the one line says): independent reads, run a few at a time
+        ((bare,), ["is not an autoqra run directory: it has no trials.db"]),
+        ((tmp_path / "nope",), ["is not a directory"]),
+        ((f"sqlite:///{tmp_path / 'none.db'}",), ["no trial store at"]),
+        ((out, "--study", "other"), ["holds no study named 'other'"]),
+        ((empty,), ["has no recorded trial yet"]),
+        ((out, "--csv", tmp_path / "folder.csv"), ["--csv file", "is a directory"]),
+    ]
+    procs = in_parallel(lambda case: run_cli(env, "report", *case[0]), cases)
+    for (args, needles), proc in zip(cases, procs, strict=True):
+        line = one_error_line(proc)
+        assert all(n in line for n in needles), (args, line)
+    assert not (tmp_path / "none.db").exists()  # reading never creates a store
 
 
 def test_notebook_runs_top_to_bottom_on_the_run(autoqra_run):

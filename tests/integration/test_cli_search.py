@@ -90,7 +90,7 @@ def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_p
     assert Plan.from_json((tmp_path / "u" / "plan.json").read_text()).groups[0].format.label == "nf4-dq"
 
 
-@pytest.mark.parametrize("args, needle", [
+BAD_SEARCH_INPUT = [
     (("--budget", "12XB"), "budget '12XB': unknown unit"),
     (("--budget", "1MB"), "smallest reachable peak is"),
     (("--budget", "qlora", "--time-limit", "5x"), "--time-limit '5x' is not understood"),
@@ -98,9 +98,27 @@ def test_generous_budget_is_reported_and_a_baseline_runs(env, small_space, tmp_p
     (("--budget", "qlora", "--final-top", "-1"), "--final-top must be >= 0"),
     (("--budget", "qlora", "--max-trials", "16.5"), "--max-trials 16.5 does not leave the search one high trial"),
     (("--budget", "qlora", "--space", "nope.yaml"), "neither a file nor a preset"),
-])
-def test_bad_search_input_is_one_line(env, tmp_path, args, needle):
-    check_one_line_error(env, tmp_path, args, needle)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_search_refusals(env, tmp_path_factory):
+    """Each bad-input case run once, in a folder of its own, a few at a time: args -> (process, folder)."""
+    from tests.cli_kit import in_parallel
+
+    cases = [args for args, _ in BAD_SEARCH_INPUT]
+    folders = {args: tmp_path_factory.mktemp("bad-search") for args in cases}  # made here, not in threads
+
+    def refuse(args):
+        return search(env, *args, "--out", str(folders[args] / "bad")), folders[args]
+
+    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+
+
+@pytest.mark.parametrize("args, needle", BAD_SEARCH_INPUT)
+def test_bad_search_input_is_one_line(bad_search_refusals, args, needle):
+    proc, folder = bad_search_refusals[args]
+    check_refused(proc, folder, needle)
 
 
 def test_final_top_on_a_space_without_final_is_one_line(env, small_space, tmp_path):
@@ -113,7 +131,10 @@ def test_final_top_on_a_space_without_final_is_one_line(env, small_space, tmp_pa
 
 
 def check_one_line_error(env, tmp_path, args, needle):
-    proc = search(env, *args, "--out", str(tmp_path / "bad"))
+    check_refused(search(env, *args, "--out", str(tmp_path / "bad")), tmp_path, needle)
+
+
+def check_refused(proc, tmp_path, needle):
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("autoqra: error")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr

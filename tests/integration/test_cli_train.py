@@ -115,12 +115,16 @@ def test_train_bad_input_is_one_line_and_overwrites_nothing(env, tmp_path, mixed
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    line = one_error_line(run_cli(env, "train", "--plan", path, "--out", busy))
-    assert "exists and is not empty" in line and (busy / "keep.txt").read_text() == "mine"
-    assert len(list(busy.iterdir())) == 1
-    assert "cannot read plan" in one_error_line(run_cli(env, "train", "--plan", tmp_path / "no.json", "--out",
-                                                        tmp_path / "o1"))
-    assert "--steps must be >= 1" in one_error_line(run_cli(env, "train", "--steps", "0", "--out", tmp_path / "o2"))
-    assert "has no fidelity 'nope'" in one_error_line(run_cli(env, "train", "--fidelity", "nope", "--out",
-                                                              tmp_path / "o3"))
+    from tests.cli_kit import in_parallel
+
+    cases = [  # (arguments, what the one line says): independent refusals, run a few at a time
+        (("--plan", path, "--out", busy), "exists and is not empty"),
+        (("--plan", tmp_path / "no.json", "--out", tmp_path / "o1"), "cannot read plan"),
+        (("--steps", "0", "--out", tmp_path / "o2"), "--steps must be >= 1"),
+        (("--fidelity", "nope", "--out", tmp_path / "o3"), "has no fidelity 'nope'"),
+    ]
+    procs = in_parallel(lambda case: run_cli(env, "train", *case[0]), cases)
+    for (args, needle), proc in zip(cases, procs, strict=True):
+        assert needle in one_error_line(proc), args
+    assert (busy / "keep.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))

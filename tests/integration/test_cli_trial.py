@@ -13,12 +13,25 @@ def env(cache_dir):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AUTOQRA_CACHE": str(cache_dir)}
 
 
+@pytest.fixture(scope="module")
+def short_space(small_space, tmp_path_factory):
+    """small_space plus `short`, 2 steps at micro's sequence length (64: no arith record is cut), for the
+    checks that assert output and cache behaviour rather than learning."""
+    import yaml
+
+    data = yaml.safe_load(small_space.read_text())
+    data["fidelities"]["short"] = {"steps": 2, "batch_size": 2, "seq_len": 64, "eval_examples": 4}
+    path = tmp_path_factory.mktemp("short") / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def run(env, *args):
     return subprocess.run([sys.executable, "-m", "autoqra", "trial", *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
 
-def test_micro_trial_json_and_human_output(env, tmp_path):
+def test_micro_trial_json_and_human_output(env, short_space, tmp_path):
     out = tmp_path / "result.json"
     proc = run(env, "--format", "nf4", "--double-quant", "--rank", "4", "--fidelity", "micro", "--json",
                "--out", str(out))
@@ -29,7 +42,8 @@ def test_micro_trial_json_and_human_output(env, tmp_path):
     assert json.loads(out.read_text()) == result
     assert "fidelity micro" in proc.stderr and "seed" in proc.stderr  # settings are printed
 
-    human = run(env, "--bits", "8", "--rank", "8", "--task", "arith", "--fidelity", "micro")
+    human = run(env, "--space", str(short_space), "--bits", "8", "--rank", "8", "--task", "arith",
+                "--fidelity", "short")
     assert human.returncode == 0, human.stderr[-2000:]
     assert "objective" in human.stdout and "accuracy" in human.stdout and "predicted peak" in human.stdout
 
@@ -47,9 +61,9 @@ def test_bad_trial_input_is_one_line(env, args, needle):
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr
 
 
-def test_json_output_stays_json_with_a_corrupt_cache_entry(env, cache_dir):
+def test_json_output_stays_json_with_a_corrupt_cache_entry(env, cache_dir, short_space):
     """A damaged quantized-layer cache file is reported on stderr and rebuilt; stdout is only the JSON."""
-    args = ("--format", "nf4", "--rank", "4", "--fidelity", "micro", "--json")
+    args = ("--space", str(short_space), "--format", "nf4", "--rank", "4", "--fidelity", "short", "--json")
     first = run(env, *args)
     assert first.returncode == 0, first.stderr[-2000:]
     entries = sorted((cache_dir / "qlayers").glob("*/*.nf4.*.safetensors"))

@@ -106,45 +106,48 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
                               "--max-trials", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--max-trials 1 does not leave the search one high trial" in refused.stderr.splitlines()[-1]
-    # a search cell made on another space is another experiment: refused in one line, and kept
-    other = out / "cells" / "autoqra.news.qlora.s0.json"
-    assert re.fullmatch(r"[0-9a-f]{12}", json.loads(other.read_text())["space"])
-    other.write_text(json.dumps({**json.loads(other.read_text()), "space": "0" * 12}))
-    kept = other.read_text()
-    refused = compare(out, cache_dir)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "move the old cells away" in refused.stderr.splitlines()[-1] and other.read_text() == kept
-    # so is one made with another prior utility model (it shapes the warm start and the sequential plans)
-    cell = json.loads(other.read_text())
-    assert re.fullmatch(r"[0-9a-f]{12}", cell["prior_model"])
-    other.write_text(json.dumps({**cell, "space": lost_cell["space"], "prior_model": "0" * 12}))
-    kept = other.read_text()
-    refused = compare(out, cache_dir)
-    assert refused.returncode == 2 and "'prior_model': '000000000000'" in refused.stderr.splitlines()[-1]
-    assert other.read_text() == kept
-    # and so is one whose search drew a trial seed per plan (before common random numbers)
+    # a cell that differs from this run in what makes it another experiment is refused in one line, and
+    # kept: each variant is written into its own copy of the output folder, and the copies are refused
+    # side by side (each refusal is a fresh interpreter, mostly import time)
+    name = "autoqra.news.qlora.s0.json"
+    cell = json.loads((out / "cells" / name).read_text())
+    assert re.fullmatch(r"[0-9a-f]{12}", cell["space"]) and re.fullmatch(r"[0-9a-f]{12}", cell["prior_model"])
     assert cell["trial_seeds"] == "common"
-    other.write_text(json.dumps({**cell, "space": lost_cell["space"], "trial_seeds": "per-plan"}))
-    kept = other.read_text()
-    refused = compare(out, cache_dir)
-    assert refused.returncode == 2 and "'trial_seeds': 'per-plan'" in refused.stderr.splitlines()[-1]
-    assert other.read_text() == kept
-    # and so is one whose trials computed in another dtype (bf16 where this CPU runs them in fp32, or
-    # the other way round): they differ in rounding, so the table does not mix them
     mine = cell["trial_dtype"]
     assert mine in ("bf16", "fp32")
     theirs = "fp32" if mine == "bf16" else "bf16"
-    other.write_text(json.dumps({**cell, "trial_dtype": theirs}))
-    kept = other.read_text()
-    refused = compare(out, cache_dir)
-    assert refused.returncode == 2 and f"'trial_dtype': '{theirs}'" in refused.stderr.splitlines()[-1]
-    assert other.read_text() == kept
-    # and so is one priced by another memory model (a cell from before versions reads as version 1): its
-    # budget and the plans that fit it are another experiment's
     assert cell["memory_model"] == MEMORY_MODEL_VERSION > 1
-    other.write_text(json.dumps({k: v for k, v in cell.items() if k != "memory_model"}))
-    kept = other.read_text()
-    refused = compare(out, cache_dir)
-    last = refused.stderr.splitlines()[-1]
-    assert refused.returncode == 2 and "'memory_model': 1" in last and "the memory model changed" in last
-    assert other.read_text() == kept
+    other_space = {**cell, "space": "0" * 12}
+    variants = {  # name: (the cell written, what the last stderr line must hold)
+        # made on another space
+        "space": (other_space, ["move the old cells away"]),
+        # with another prior utility model (it shapes the warm start and the sequential plans)
+        "prior": ({**cell, "prior_model": "0" * 12}, ["'prior_model': '000000000000'"]),
+        # whose search drew a trial seed per plan (before common random numbers)
+        "seeds": ({**cell, "trial_seeds": "per-plan"}, ["'trial_seeds': 'per-plan'"]),
+        # whose trials computed in another dtype (bf16 where this CPU runs them in fp32, or the other way
+        # round): they differ in rounding, so the table does not mix them
+        "dtype": ({**other_space, "trial_dtype": theirs}, [f"'trial_dtype': '{theirs}'"]),
+        # priced by another memory model (a cell from before versions reads as version 1): its budget and
+        # the plans that fit it are another experiment's
+        "memory": ({k: v for k, v in other_space.items() if k != "memory_model"},
+                   ["'memory_model': 1", "the memory model changed"]),
+    }
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    kept = {}
+    for key, (variant, _) in variants.items():
+        copy = tmp_path / f"variant-{key}"
+        shutil.copytree(out, copy)
+        (copy / "cells" / name).write_text(json.dumps(variant))
+        kept[key] = (copy / "cells" / name).read_text()
+    with ThreadPoolExecutor(3) as pool:
+        refusals = dict(zip(variants, pool.map(lambda key: compare(tmp_path / f"variant-{key}", cache_dir), variants),
+                            strict=True))
+    for key, (_, needles) in variants.items():
+        refused = refusals[key]
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, (key, refused.stderr[-2000:])
+        last = refused.stderr.splitlines()[-1]
+        assert all(n in last for n in needles), (key, last)
+        assert (tmp_path / f"variant-{key}" / "cells" / name).read_text() == kept[key]
