@@ -134,7 +134,8 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
                    ["'memory_model': 1", "the memory model changed"]),
     }
     import shutil
-    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.cli_kit import in_parallel
 
     kept = {}
     for key, (variant, _) in variants.items():
@@ -142,9 +143,8 @@ def test_compare_smoke_writes_cells_and_a_report_and_a_rerun_skips_them(cache_di
         shutil.copytree(out, copy)
         (copy / "cells" / name).write_text(json.dumps(variant))
         kept[key] = (copy / "cells" / name).read_text()
-    with ThreadPoolExecutor(3) as pool:
-        refusals = dict(zip(variants, pool.map(lambda key: compare(tmp_path / f"variant-{key}", cache_dir), variants),
-                            strict=True))
+    refusals = dict(zip(variants, in_parallel(lambda key: compare(tmp_path / f"variant-{key}", cache_dir), variants),
+                        strict=True))
     for key, (_, needles) in variants.items():
         refused = refusals[key]
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, (key, refused.stderr[-2000:])
