@@ -11,6 +11,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +35,14 @@ def in_parallel(fn: Callable[[T], R], items: Iterable[T], at_once: int = 3) -> l
     share the cores. Not for processes that train (each would take every core: see test_cli_pool)."""
     with ThreadPoolExecutor(at_once) as pool:
         return list(pool.map(fn, items))
+
+
+def in_own_folders(cases: Iterable[K], make_folder: Callable[[], Path], fn: Callable[[K, Path], R],
+                   at_once: int = 3) -> dict[K, tuple[R, Path]]:
+    """``fn(case, folder)`` for each case in a folder of its own, ``at_once`` at a time (``in_parallel``):
+    case -> (result, folder). The folders are made first, in this thread: pytest's ``tmp_path_factory``
+    is not made for threads (a run that made them inside the threads once errored in fixture setup)."""
+    cases = list(cases)
+    folders = [make_folder() for _ in cases]
+    results = in_parallel(lambda pair: fn(*pair), list(zip(cases, folders, strict=True)), at_once)
+    return {case: (result, folder) for case, result, folder in zip(cases, results, folders, strict=True)}

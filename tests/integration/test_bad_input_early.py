@@ -60,30 +60,25 @@ if not _cuda_available():  # on a machine with a GPU, --device cuda is valid inp
 
 @pytest.fixture(scope="module")
 def refusals(tmp_path_factory):
-    """Every case run once, each in a folder of its own, a few at a time: case -> (process, the folder's
-    files before, and after)."""
-    from tests.cli_kit import in_parallel
+    """Every case run once, each in a folder of its own, a few at a time: case -> ((process, the folder's
+    files before, and after), folder)."""
+    from tests.cli_kit import in_own_folders
 
-    cases = sorted(CASES)
-    workdirs = {case: make_workdir(tmp_path_factory.mktemp("case")) for case in cases}  # made here, not in threads
-
-    def refuse(case: str):
-        args, _ = CASES[case]
-        workdir = workdirs[case]
+    def refuse(case: str, workdir: Path):
         cache = workdir / "cache"  # must stay absent: no model conversion, no priors, no quantized layers
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "AUTOQRA_CACHE": str(cache)}
         before = tree(workdir)
-        proc = subprocess.run([sys.executable, "-m", "autoqra", *args], capture_output=True, text=True, cwd=workdir,
-                              env=env, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "autoqra", *CASES[case][0]], capture_output=True, text=True,
+                              cwd=workdir, env=env, timeout=120)
         return proc, before, tree(workdir)
 
-    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+    return in_own_folders(sorted(CASES), lambda: make_workdir(tmp_path_factory.mktemp("case")), refuse)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_refused_first_in_one_line(refusals, case):
     _, needle = CASES[case]
-    proc, before, after = refusals[case]
+    (proc, before, after), _ = refusals[case]
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("autoqra: error: ") and needle in lines[0], lines

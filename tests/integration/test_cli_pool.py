@@ -197,17 +197,13 @@ BAD_POOL_INPUT = [
 @pytest.fixture(scope="module")
 def bad_pool_refusals(env, small_space, tmp_path_factory):
     """Each case run once, in a folder of its own, a few at a time: args -> (process, folder)."""
-    from tests.cli_kit import in_parallel
+    from tests.cli_kit import in_own_folders
 
-    cases = [args for args, _ in BAD_POOL_INPUT]
-    folders = {args: tmp_path_factory.mktemp("bad-pool") for args in cases}  # made here, not in threads
-
-    def refuse(args):
+    def refuse(args, folder):
         budget = () if "--resume" in args else ("--budget", "qlora")
-        return (run_cli(env, "search", *budget, "--space", small_space, "--out", folders[args] / "r", *args,
-                        timeout=120), folders[args])
+        return run_cli(env, "search", *budget, "--space", small_space, "--out", folder / "r", *args, timeout=120)
 
-    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+    return in_own_folders([args for args, _ in BAD_POOL_INPUT], lambda: tmp_path_factory.mktemp("bad-pool"), refuse)
 
 
 @pytest.mark.parametrize(("args", "needle"), BAD_POOL_INPUT)

@@ -106,15 +106,10 @@ BAD_SEARCH_INPUT = [
 @pytest.fixture(scope="module")
 def bad_search_refusals(env, tmp_path_factory):
     """Each bad-input case run once, in a folder of its own, a few at a time: args -> (process, folder)."""
-    from tests.cli_kit import in_parallel
+    from tests.cli_kit import in_own_folders
 
-    cases = [args for args, _ in BAD_SEARCH_INPUT]
-    folders = {args: tmp_path_factory.mktemp("bad-search") for args in cases}  # made here, not in threads
-
-    def refuse(args):
-        return search(env, *args, "--out", str(folders[args] / "bad")), folders[args]
-
-    return dict(zip(cases, in_parallel(refuse, cases), strict=True))
+    return in_own_folders([args for args, _ in BAD_SEARCH_INPUT], lambda: tmp_path_factory.mktemp("bad-search"),
+                          lambda args, folder: search(env, *args, "--out", str(folder / "bad")))
 
 
 @pytest.mark.parametrize("args, needle", BAD_SEARCH_INPUT)
