@@ -113,29 +113,17 @@ def test_autoqra_retrains_its_best_high_plans_and_its_best_baseline_and_chooses_
     assert_costs(problem, outcome)
 
 
-class BaselineWinsAtFinal:
-    """`final` where one plan (a baseline the search never ranks first) beats everything else."""
+class BestAt:
+    """One plan beats every other at one fidelity (its result there +10); the rest is left as it is.
+    At `low` it makes the low screen promote a baseline (the synthetic low screen promotes none); at
+    `final` it makes a baseline the search never ranks first win."""
 
-    def __init__(self, inner, winner) -> None:
-        self.inner, self.winner = inner, winner
-
-    def evaluate(self, plan, fidelity, seed):
-        result = self.inner.evaluate(plan, fidelity, seed)
-        if fidelity.name == FINAL_FIDELITY and plan == self.winner:
-            return result.model_copy(update={"objective": result.objective + 10.0})
-        return result
-
-
-class LeadsAtLow:
-    """`low` where one plan (a baseline) beats everything, so the low screen promotes it to `high`; its
-    `high` and `final` results are left as they are. (The synthetic low screen promotes no baseline.)"""
-
-    def __init__(self, inner, leader) -> None:
-        self.inner, self.leader = inner, leader
+    def __init__(self, inner, plan, fidelity: str) -> None:
+        self.inner, self.plan, self.fidelity = inner, plan, fidelity
 
     def evaluate(self, plan, fidelity, seed):
         result = self.inner.evaluate(plan, fidelity, seed)
-        if fidelity.name == LOW_FIDELITY and plan == self.leader:
+        if fidelity.name == self.fidelity and plan == self.plan:
             return result.model_copy(update={"objective": result.objective + 10.0})
         return result
 
@@ -145,7 +133,7 @@ def test_autoqra_never_ends_below_the_baseline_it_retrains_and_k_1_retrains_only
     retrains (one the low screen promoted); a second, where that plan wins at `final`, must choose it
     over the search's own plans."""
     fidelities = dict(problem.codec.space.fidelities) | {"final": FINAL}
-    promoted = LeadsAtLow(problem.evaluator, baseline_asks(problem)[-1])
+    promoted = BestAt(problem.evaluator, baseline_asks(problem)[-1], LOW_FIDELITY)
 
     def run(k, evaluator):
         preset = dataclasses.replace(PRESETS["quick"], max_cost=20.0, final_top=k)
@@ -158,11 +146,11 @@ def test_autoqra_never_ends_below_the_baseline_it_retrains_and_k_1_retrains_only
     finals = [e.ask.plan for e in first.archive.at(FINAL_FIDELITY)]
     baselines = baseline_asks(problem)
     assert highs[0] not in baselines  # else this test would show nothing: the search's best beats every baseline
-    assert finals[0] == highs[0] and finals[1] == promoted.leader and finals[1] != highs[1]
-    second = run(2, BaselineWinsAtFinal(promoted, finals[1]))
+    assert finals[0] == highs[0] and finals[1] == promoted.plan and finals[1] != highs[1]
+    second = run(2, BestAt(promoted, finals[1], FINAL_FIDELITY))
     assert [e.ask.plan for e in second.archive.at(FINAL_FIDELITY)] == finals
     assert second.chosen.ask.plan == finals[1] and second.chosen_by == FINAL_FIDELITY
-    only = run(1, BaselineWinsAtFinal(promoted, finals[1]))
+    only = run(1, BestAt(promoted, finals[1], FINAL_FIDELITY))
     assert [e.ask.plan for e in only.archive.at(FINAL_FIDELITY)] == [highs[0]] == [only.chosen.ask.plan]
 
 
