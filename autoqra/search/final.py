@@ -9,14 +9,16 @@ trial; the pipeline reserves that cost from the start, so the earlier stages can
 *Baselines* (``autoqra`` passes its warm start's quantize-then-LoRA and uniform plans): with ``k >= 2``
 the last slot goes to the best baseline plan not among the first ``k - 1`` by its ``high`` result, so
 the search's chosen plan must beat that baseline at ``final``, on the same seed, whatever the shorter
-``high`` schedule said. Only baselines the search trained at ``high`` qualify: every baseline gets a
-``low`` trial in generation 0, and one the low screen never promoted has lost on the search's own
-evidence (at 85% of ``qlora`` on ``news`` the slot went to such a plan, -5.03 at ``low``, and it
-lost at ``final`` by 0.245: 8 units spent on a known loser). With none qualifying, the slot goes to
-the ``k``-th plan at ``high``. This is SMAC's incumbent rule (a
-challenger replaces the default configuration only by beating it on the same seeds), applied once at
-the end. It costs no trial: the slot would otherwise go to the k-th plan at ``high``, on the default
-space most often a near copy of the first (docs/results-memory-v1.md, seed 0 of ``news``).
+``high`` schedule said. This is SMAC's incumbent rule (a challenger replaces the default configuration
+only by beating it on the same seeds), applied once at the end. It costs no trial: the slot would
+otherwise go to the k-th plan at ``high``, on the default space most often a near copy of the first
+(docs/results-memory-v1.md, seed 0 of ``news``).
+
+Only baselines the search trained at ``high`` qualify: every baseline gets a ``low`` trial in
+generation 0, and one the low screen never promoted has lost on the search's own evidence (at 85% of
+``qlora`` on ``news`` the slot went to such a plan, -5.03 at ``low``, and it lost at ``final`` by
+0.245: 8 units spent on a known loser). With none qualifying, the slot goes to the ``k``-th plan at
+``high``.
 """
 
 from __future__ import annotations
