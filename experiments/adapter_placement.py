@@ -15,7 +15,13 @@ Plans (HQQ-8 g64 on every block; each must fit the budget by the memory model):
 - ``demand-r8``: rank 8 on the 15 blocks with the largest demand prior (the quick preset's priors);
 - ``late-r16``: rank 16 on as many of the last blocks as fit.
 
-    python experiments/adapter_placement.py [--plans late-r8 early-r8 ...] [--seeds 1 2] [--report-only]
+``--budget 85%qlora`` asks the same at 85% of ``qlora``, where rank 4 everywhere fits at no bit-width of 4
+or more, with HQQ-4 g64 on every block, paired against the plans ``autoqra`` and Optuna TPE chose there
+(the comparison's secondary grid, seed 0; TPE's puts rank 4 on 16 blocks, most of them late):
+- ``demand-r4``: rank 4 on as many blocks as fit, those of largest demand prior;
+- ``late-r4``: rank 4 on as many of the last blocks.
+
+    python experiments/adapter_placement.py [--budget qlora|85%qlora] [--plans ...] [--seeds 1 2] [--report-only]
 
 Resumable: a cell that exists is not retrained. About 5.7 min per `final` trial on a 2-core fp32 CPU.
 """
@@ -33,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # noqa: E402  (the comparison's cells, seeds and evaluator; this script shares its `finals/`)
 
-PLANS = ("late-r8", "early-r8", "demand-r8", "late-r16")
-BASELINE = "hqq8-r4"
-TASK, BUDGET = "news", "qlora"
+PLANS = {"qlora": ("late-r8", "early-r8", "demand-r8", "late-r16"), "85%qlora": ("demand-r4", "late-r4")}
+# what each budget's plans are paired against: a plan of this script, or a method's chosen plan (its cell)
+BASELINES = {"qlora": ("hqq8-r4",), "85%qlora": ("autoqra", "optuna-tpe")}
+TASK = "news"
 
 
-def build_plans(setup: compare.Setup) -> dict[str, Any]:
+def build_plans(setup: compare.Setup, budget_name: str) -> dict[str, Any]:
     from autoqra.domain import Plan, PlanGroup, QuantFormat
     from autoqra.space.memory import MemoryModel
     from autoqra.space.model_spec import model_spec
@@ -47,30 +54,50 @@ def build_plans(setup: compare.Setup) -> dict[str, Any]:
     space = load_space(setup.space)
     spec = model_spec(space.model)
     memory = MemoryModel(spec, space.setup)
-    budget = compare.budget_bytes(setup, BUDGET)
+    budget = compare.budget_bytes(setup, budget_name)
+    hqq4 = QuantFormat(name="hqq", bits=4, group_size=64)
     hqq8 = QuantFormat(name="hqq", bits=8, group_size=64)
     groups = spec.block_groups()
     n = len(groups)
 
-    def plan(ranks: dict[int, int]) -> Any:
+    def plan(ranks: dict[int, int], fmt: Any = hqq8) -> Any:
         return Plan(model=spec.name, granularity="block", groups=tuple(
-            PlanGroup(name=name, modules=modules, format=hqq8, rank=ranks.get(i, 0))
+            PlanGroup(name=name, modules=modules, format=fmt, rank=ranks.get(i, 0))
             for i, (name, modules) in enumerate(groups)))
 
+    def most(blocks: list[int], rank: int, fmt: Any) -> Any:
+        """Rank ``rank`` on as many of ``blocks`` (in this order) as fit the budget."""
+        k = max(k for k in range(n + 1) if memory.total(plan({i: rank for i in blocks[:k]}, fmt)) <= budget)
+        return plan({i: rank for i in blocks[:k]}, fmt)
+
     demand = demand_order(setup, n)
-    plans = {
-        BASELINE: plan({i: 4 for i in range(n)}),
-        "late-r8": plan({i: 8 for i in range(n - n // 2, n)}),
-        "early-r8": plan({i: 8 for i in range(n // 2)}),
-        "demand-r8": plan({i: 8 for i in demand[: n // 2]}),
-    }
-    k = max(k for k in range(n + 1) if memory.total(plan({i: 16 for i in range(n - k, n)})) <= budget)
-    plans["late-r16"] = plan({i: 16 for i in range(n - k, n)})
+    late = list(range(n - 1, -1, -1))
+    if budget_name == "qlora":
+        plans = {
+            "hqq8-r4": plan({i: 4 for i in range(n)}),
+            "late-r8": plan({i: 8 for i in range(n - n // 2, n)}),
+            "early-r8": plan({i: 8 for i in range(n // 2)}),
+            "demand-r8": plan({i: 8 for i in demand[: n // 2]}),
+            "late-r16": most(late, 16, hqq8),
+        }
+    else:
+        plans = {"demand-r4": most(demand, 4, hqq4), "late-r4": most(late, 4, hqq4)}
+        plans.update({method: chosen_plan(setup, method, budget_name) for method in BASELINES[budget_name]})
     for name, p in plans.items():
         peak = memory.total(p)
         if peak > budget:
             raise SystemExit(f"adapter_placement: {name} needs {peak} bytes, over the budget's {budget}")
     return plans
+
+
+def chosen_plan(setup: compare.Setup, method: str, budget_name: str) -> Any:
+    """The plan ``method`` chose in the comparison's cell at this budget, search seed 0."""
+    from autoqra.domain import Plan
+
+    path = setup.out / "cells" / f"{compare.cell_name(method, TASK, budget_name, 's0')}.json"
+    if not path.is_file():
+        raise SystemExit(f"adapter_placement: no comparison cell {path}; run experiments/compare.py --grid secondary")
+    return Plan.from_dict(json.loads(path.read_text())["plan"], str(path))
 
 
 def demand_order(setup: compare.Setup, n: int) -> list[int]:
@@ -93,7 +120,9 @@ def demand_order(setup: compare.Setup, n: int) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plans", nargs="+", choices=PLANS, default=list(PLANS))
+    parser.add_argument("--budget", choices=list(PLANS), default="qlora")
+    parser.add_argument("--plans", nargs="+", choices=sorted({p for ps in PLANS.values() for p in ps}),
+                        help="default: every plan of the budget")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(compare.FINAL_SEEDS),
                         help="`final` trial seeds (default: the comparison's, 1 2)")
     parser.add_argument("--report-only", action="store_true", help="print the table from the cells only")
@@ -106,26 +135,33 @@ def main() -> int:
     out = args.out.resolve()
     setup = compare.Setup(space="default", out=out, runs=out / "runs", max_trials=None, methods=(), references=(),
                           final_seeds=tuple(args.seeds), grids=(), device="cpu")
-    plans = build_plans(setup)
+    chosen = args.plans or list(PLANS[args.budget])
+    wrong = [p for p in chosen if p not in PLANS[args.budget]]
+    if wrong:
+        print(f"adapter_placement: error: {', '.join(wrong)} not a plan at {args.budget} "
+              f"(its plans: {', '.join(PLANS[args.budget])})", file=sys.stderr)
+        return 2
+    plans = build_plans(setup, args.budget)
+    names = [*BASELINES[args.budget], *chosen]
     finals = compare.Finals(setup)
     if not args.report_only:
         for seed in args.seeds:  # one seed of every plan first: a first answer for all of them sooner
             one = compare.Finals(compare.Setup(**{**setup.__dict__, "final_seeds": (seed,)}))
-            for name in [BASELINE, *args.plans]:
+            for name in names:
                 one.get(TASK, plans[name])
-    print_table(setup, finals, plans, [BASELINE, *args.plans], args.seeds)
+    print_table(setup, finals, plans, names, args.seeds, args.budget)
     return 0
 
 
 def print_table(setup: compare.Setup, finals: compare.Finals, plans: dict[str, Any], names: list[str],
-                seeds: list[int]) -> None:
+                seeds: list[int], budget_name: str) -> None:
     from autoqra.space.memory import MemoryModel
     from autoqra.space.model_spec import model_spec
     from autoqra.space.search_space import load_space
 
     space = load_space(setup.space)
     memory = MemoryModel(model_spec(space.model), space.setup)
-    budget = compare.budget_bytes(setup, BUDGET)
+    budget = compare.budget_bytes(setup, budget_name)
 
     def values(plan: Any) -> dict[int, float]:
         got = {}
@@ -135,11 +171,11 @@ def print_table(setup: compare.Setup, finals: compare.Finals, plans: dict[str, A
                 got[seed] = json.loads(path.read_text())["objective"]
         return got
 
-    base = values(plans[BASELINE])
-    print(f"{TASK} at {BUDGET} ({budget / 2**20:.1f} MiB); `final` seeds {' '.join(map(str, seeds))}; "
-          f"objective = -held-out loss, higher is better")
+    bases = {b: values(plans[b]) for b in BASELINES[budget_name]}
+    print(f"{TASK} at {budget_name} ({budget / 2**20:.1f} MiB); `final` seeds {' '.join(map(str, seeds))}; "
+          f"objective = -held-out loss, higher is better; paired = mean ± std over seeds of (plan - baseline)")
     print(f"{'plan':10} {'hash':8} {'adapters':>22} {'peak':>7} {'budget':>6} "
-          + " ".join(f"{'s' + str(s):>8}" for s in seeds) + f" {'vs ' + BASELINE + ', paired':>22}")
+          + " ".join(f"{'s' + str(s):>8}" for s in seeds) + "".join(f" {'vs ' + b:>34}" for b in bases))
     for name in names:
         plan = plans[name]
         got = values(plan)
@@ -147,13 +183,17 @@ def print_table(setup: compare.Setup, finals: compare.Finals, plans: dict[str, A
         ranks = sorted({g.rank for g in plan.groups if g.rank > 0})
         where = f"r{'/'.join(map(str, ranks))} on {len(adapted)} ({adapted[0]}-{adapted[-1]})" if adapted else "none"
         peak = memory.total(plan)
-        diffs = [got[s] - base[s] for s in seeds if s in got and s in base]
-        pair = "-" if name == BASELINE or not diffs else (
-            f"{statistics.mean(diffs):+.4f}" + (f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else "")
-            + f" ({' / '.join(f'{d:+.4f}' for d in diffs)})")
         cols = " ".join(f"{got[s]:8.4f}" if s in got else f"{'-':>8}" for s in seeds)
-        print(f"{name:10} {plan.plan_hash[:8]} {where:>22} {peak / 2**20:6.1f}M {peak / budget:6.1%} {cols} {pair:>22}")
+        pairs = "".join(f" {paired(got, base) if name != b else '-':>34}" for b, base in bases.items())
+        print(f"{name:10} {plan.plan_hash[:8]} {where:>22} {peak / 2**20:6.1f}M {peak / budget:6.1%} {cols}{pairs}")
 
+
+def paired(got: dict[int, float], base: dict[int, float]) -> str:
+    diffs = [got[s] - base[s] for s in got if s in base]
+    if not diffs:
+        return "-"
+    return (f"{statistics.mean(diffs):+.4f}" + (f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else "")
+            + f" ({' / '.join(f'{d:+.4f}' for d in diffs)})")
 
 if __name__ == "__main__":
     raise SystemExit(main())
