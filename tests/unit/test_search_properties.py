@@ -231,3 +231,38 @@ def test_sequential_fill_spends_the_budget_on_hqq4_past_nf4():
 
 NF4_DQ = {"name": "nf4", "bits": 4, "group_size": 64, "double_quant": True}
 HQQ2, HQQ3, HQQ4, HQQ8 = HQQ  # the shared kit's HQQ formats, group 64
+
+
+def test_placed_adapter_plans_keep_the_bits_and_put_the_smallest_rank_where_demand_is():
+    """Where rank everywhere does not fit at a format, the warm start holds that format everywhere with
+    the smallest nonzero rank on the groups the prior utility favours, as many as fit; a format whose
+    uniform plan with adapters fits gets no such plan (the uniform plan is in the warm start already)."""
+    from autoqra.search.warm_start import baseline_genomes, placed_adapter_plans
+
+    codec = tiny_codec(layers=4, formats=[HQQ2, HQQ4], ranks=(0, 4, 8))
+    hqq2, hqq4 = 0, 1
+    demand = np.array([1.0, 5.0, 1.0, 4.0])
+
+    def repairer_at(budget):
+        return Repairer(codec, utility_from_scores(codec, np.ones(4), demand), budget)
+
+    def placed(fmt, groups):
+        return tuple((fmt, 1 if g in groups else 0) for g in range(4))
+
+    budget = codec.predicted_peak_bytes(placed(hqq4, {1, 3}))
+    # on this tiny model adapters outweigh the bits: rank 4 everywhere fits at neither format
+    assert budget < codec.predicted_peak_bytes(codec.uniform(hqq2, 1)) < codec.predicted_peak_bytes(codec.uniform(hqq4, 1))
+    assert codec.predicted_peak_bytes(placed(hqq4, {0, 1, 3})) > budget  # a third adapter does not fit at HQQ-4
+    repairer = repairer_at(budget)
+    assert placed_adapter_plans(repairer) == [placed(hqq2, {1, 3}), placed(hqq4, {1, 3})]
+    assert placed(hqq4, {1, 3}) in baseline_genomes(repairer, np.ones(4))
+    # one byte less: at HQQ-4 only the group of largest demand keeps its adapter
+    assert placed_adapter_plans(repairer_at(budget - 1))[-1] == placed(hqq4, {1})
+    # where rank 4 everywhere fits at both formats, there is nothing to place
+    assert placed_adapter_plans(repairer_at(codec.predicted_peak_bytes(codec.uniform(hqq4, 1)))) == []
+    # nor where no format fits even without adapters
+    assert placed_adapter_plans(repairer_at(codec.predicted_peak_bytes(codec.uniform(hqq2, 0)) - 1)) == []
+    # a space without rank 0 cannot place adapters
+    no_zero = tiny_codec(layers=4, formats=[HQQ2, HQQ4], ranks=(4, 8))
+    assert placed_adapter_plans(Repairer(no_zero, utility_from_scores(no_zero, np.ones(4), demand),
+                                         no_zero.predicted_peak_bytes(no_zero.uniform(hqq4, 0)) - 1)) == []
