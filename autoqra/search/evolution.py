@@ -161,8 +161,9 @@ class EvolutionStage:
         batch = warm_start(self.repairer, s.population, self.rng, self.sensitivity)
         affordable = int((self.allotment - s.promote * self.costs[HIGH_FIDELITY]) / self.costs[LOW_FIDELITY] + 1e-9)
         kept = batch[: max(affordable, s.promote, 1)]
+        cut = "" if len(kept) == len(batch) else f" of {len(batch)}"
         log.info(f"nsga2: generation 0 is the warm start: {len(kept)} plans (prior plan, sequential and uniform "
-                 f"plans that fit, placed-adapter plans, jittered prior plans){'' if len(kept) == len(batch) else f' of {len(batch)}'}")
+                 f"plans that fit, placed-adapter plans, jittered prior plans){cut}")
         return kept
 
     def _ask(self, genome: Genome, fidelity: str) -> Ask:
