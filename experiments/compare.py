@@ -299,9 +299,10 @@ class Finals:
         tag = () if dtype == space_dtype(self.setup) else (dtype,)
         return self.folder / f"{cell_name(task, plan_hash[:12], init, final_key(self.setup), *tag, f's{seed}')}.json"
 
-    def get(self, task: str, plan: Any, init: str = "default") -> list[float | None]:
+    def get(self, task: str, plan: Any, init: str = "default", seeds: tuple[int, ...] | None = None) -> list[float | None]:
+        """The plan's `final` objectives at ``seeds`` (default: the setup's), retraining what is missing."""
         values = []
-        for seed in self.setup.final_seeds:
+        for seed in self.setup.final_seeds if seeds is None else seeds:
             path = self.path(task, plan.plan_hash, init, seed)
             if not path.is_file():
                 self._run(task, plan, init, seed, path)

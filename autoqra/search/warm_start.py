@@ -95,10 +95,10 @@ def placed_adapter_plans(repairer: Repairer) -> list[Genome]:
     adapters but with none of the space's nonzero ranks, the format everywhere and the smallest
     nonzero rank on the groups of largest utility gain from it, as many as fit."""
     codec, util = repairer.codec, repairer.utility.table
-    if 0 not in codec.ranks or max(codec.ranks) == 0:
+    smallest = codec.first_adapter_rank
+    if 0 not in codec.ranks or smallest is None:
         return []
     none = codec.ranks.index(0)
-    smallest = min(range(codec.n_ranks), key=lambda r: codec.ranks[r] if codec.ranks[r] > 0 else float("inf"))
     out: list[Genome] = []
     for f in range(codec.n_formats):
         bare = codec.uniform(f, none)
@@ -110,7 +110,7 @@ def placed_adapter_plans(repairer: Repairer) -> list[Genome]:
             genome[g] = (f, smallest)
             if not repairer.fits(tuple(genome)):
                 genome[g] = (f, none)
-        if any(r != none for _, r in genome):
+        if codec.has_adapter(tuple(genome)):
             out.append(tuple(genome))
     return out
 
