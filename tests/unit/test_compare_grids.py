@@ -28,8 +28,9 @@ def test_tasks_and_seeds_select_grid_cells():
     assert c.select_grids(every, None, None) == tuple(every)
     assert [(g.task, g.budget, g.seeds) for g in c.select_grids(every, ["news"], [0])] == [
         ("news", "qlora", (0,)), ("news", "85%qlora", (0,))]
-    # seeds 1 and 2 exist on the main grid only: the secondary grids drop out rather than run seed 0
-    assert [(g.task, g.budget, g.seeds) for g in c.select_grids(every, None, [2, 1])] == [("news", "qlora", (1, 2))]
+    # seeds 1 and 2 exist on the news grids only: codebook drops out rather than run seed 0
+    assert [(g.task, g.budget, g.seeds) for g in c.select_grids(every, None, [2, 1])] == [
+        ("news", "qlora", (1, 2)), ("news", "85%qlora", (1, 2))]
     assert c.select_grids(every, ["codebook"], [1]) == ()
 
 
